@@ -120,7 +120,10 @@ class AmpPolicy:
     @property
     def enabled(self) -> bool: return self.dtype is not None
     def autocast(self, device_type:str): return torch.autocast(device_type, dtype=self.dtype, enabled=self.enabled)
-    def make_scaler(self, device_type:str): return torch.amp.GradScaler(device_type, enabled=self.scaler)
+    def make_scaler(self, device_type:str) -> torch.amp.GradScaler:
+        "A `GradScaler`: loss scaling for fp16; otherwise scale 1, kept only to skip steps with non-finite gradients."
+        if self.scaler: return torch.amp.GradScaler(device_type)
+        return torch.amp.GradScaler(device_type, init_scale=1.0, growth_interval=2**31 - 1)
 
 def amp_policy(device:torch.device|str,  # the training device
                mode:str|bool="auto",      # "auto" | "fp16" | "bf16" | "off" (True = "auto", False = "off")

@@ -6,6 +6,8 @@
 # A step that changes files fails, and leaves the changed files for you to review and commit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# nbdev_test runs notebooks in parallel processes, one per core: one thread each avoids oversubscription
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 snapshot() { find "$@" -type f \( -name '*.py' -o -name '*.ipynb' \) -not -path '*/.ipynb_checkpoints/*' -print0 \
                | sort -z | xargs -0 sha1sum; }
