@@ -16,8 +16,14 @@ $(VENV)/.installed: settings.ini setup.py
 
 install: $(VENV)/.installed
 
+# the main job on the bundled data: train.ipynb through papermill, CPU-sized (tiny preset, scikit-learn digits)
+DEMO = runs/demo-digits
 demo: install
-	$(BIN)/python -m qonstraint.augment digits figures/augment_samples.png
+	rm -rf $(DEMO) $(DEMO).ipynb && mkdir -p runs
+	$(BIN)/papermill nbs/train.ipynb $(DEMO).ipynb --cwd . --log-output \
+	  -p dataset digits -p preset tiny -p stem aggressive -p aug low -p epochs 30 -p batch_size 64 \
+	  -p lr 1e-3 -p min_lr 1e-4 -p max_lr 1.2e-3 -p num_workers 0 -p run_name demo-digits \
+	  -y "controller: {reward_clip: 1.0}"
 
 test: install
 	PATH="$(abspath $(BIN)):$$PATH" bash tools/test.sh
