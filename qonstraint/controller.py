@@ -5,7 +5,7 @@
 # %% ../nbs/10_controller.ipynb 2
 from __future__ import annotations
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass
 
 from .augment import aug_phase
 from .collate import PHASE_MIX_PROB

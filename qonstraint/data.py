@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb 2
 from __future__ import annotations
-import hashlib, os, shutil, tempfile, urllib.request, warnings, zipfile
+import hashlib, os, tempfile, urllib.request, warnings, zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -4,11 +4,10 @@
 
 # %% ../nbs/11_train.ipynb 2
 from __future__ import annotations
-import csv, json, math, os, resource, subprocess, sys, time
+import csv, json, math, os, resource, subprocess, time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
