@@ -88,7 +88,7 @@ class ConfidenceController:
     def __init__(self, epochs:int=70, **overrides):
         self.cfg = ControllerConfig(epochs=epochs, **overrides)
         self.prev_top1, self.since_growth, self.since_boost = 0.0, 0, 0
-        self.state = self._settings(1, self.cfg.base_lr*(1 if self.cfg.warmup_epochs <= 1 else 1/self.cfg.warmup_epochs),
+        self.state = self._settings(1, base_lr_at(self.cfg, 1),
                                     self.cfg.momentum_start, reward=0.0, conf=0.5, event="")
 
     def _settings(self, epoch, lr, momentum, reward, conf, event) -> ControlState:

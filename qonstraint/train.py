@@ -20,7 +20,7 @@ import qonstraint
 from .augment import AUG_LEVELS, aug_phase, train_transform, val_transform
 from .collate import MIX_MODES, MixCollate
 from .controller import ConfidenceController, ControlState, ControllerConfig
-from .core import (QonstraintError, amp_policy, atomic_write, check_choice, get_device, get_rng_state,
+from .core import (AMP_MODES, QonstraintError, amp_policy, atomic_write, check_choice, get_device, get_rng_state,
                              seed_everything, seed_worker, set_rng_state)
 from .data import DATASETS, load_dataset
 from .model import PRESETS, create_model
@@ -75,7 +75,7 @@ class TrainConfig:
         check_choice("stem", self.stem, STEMS)
         check_choice("aug", self.aug, AUG_LEVELS)
         for m in self.mix_modes: check_choice("mix mode", m, MIX_MODES)
-        check_choice("amp", {True: "auto", False: "off"}.get(self.amp, self.amp), ("auto", "fp16", "bf16", "off"))
+        check_choice("amp", {True: "auto", False: "off"}.get(self.amp, self.amp), AMP_MODES)
         for name in ("epochs", "batch_size", "eval_batch_size"): self._check(name, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
         for name in ("warmup_epochs", "num_workers", "seed"): self._check(name, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
         for name in ("lr", "min_lr", "max_lr", "grad_clip", "collapse_drop"): self._check(name, lambda v: v > 0, "positive")
