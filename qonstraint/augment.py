@@ -69,7 +69,8 @@ def _to_normalized(mean, std) -> list:
 def train_transform(level:str,                    # "low" | "mid" | "high"
                     phase:int,                    # 1 | 2, from `aug_phase`
                     mean=TINYIMAGENET_MEAN,       # per-channel mean, in [0, 1]
-                    std=TINYIMAGENET_STD) -> v2.Compose: # per-channel standard deviation, in [0, 1]
+                    std=TINYIMAGENET_STD,         # per-channel standard deviation, in [0, 1]
+                    randaugment:bool=True) -> v2.Compose: # False: never RandAugment (the recipe of Qonstraint 5.5/5.6)
     "The random per-sample training transform: uint8 `(H, W, 3)` array -> normalized float32 `(3, 64, 64)` tensor."
     p = policy(level, phase)
     return v2.Compose([
@@ -77,7 +78,7 @@ def train_transform(level:str,                    # "low" | "mid" | "high"
         v2.RandomResizedCrop(IMAGE_SIZE, scale=(p.crop_scale, 1.0)),    # -> 3, 64, 64
         v2.RandomHorizontalFlip(),
         v2.ColorJitter(brightness=p.jitter, contrast=p.jitter, saturation=p.jitter),
-        *([v2.RandAugment()] if p.randaugment else []),
+        *([v2.RandAugment()] if p.randaugment and randaugment else []),
         *_to_normalized(mean, std),
         v2.RandomErasing(p.erase_p, scale=p.erase_scale),
         v2.ToPureTensor()])

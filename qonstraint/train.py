@@ -5,7 +5,7 @@
 # %% ../nbs/11_train.ipynb 2
 from __future__ import annotations
 import csv, json, math, os, resource, subprocess, time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import pandas as pd
@@ -23,7 +23,7 @@ from .controller import ConfidenceController, ControlState, ControllerConfig
 from .core import (AMP_MODES, QonstraintError, amp_policy, atomic_write, check_choice, get_device, get_rng_state,
                              seed_everything, seed_worker, set_rng_state)
 from .data import DATASETS, load_dataset
-from .model import PRESETS, create_model
+from .model import PRESETS, Qonstraint, QonstraintConfig
 from .heads import HEADS
 from .stem import STEMS
 
@@ -43,6 +43,7 @@ class TrainConfig:
     head:str = "sota"                 # "sota" | "gap"
     stem:str = "soft"                 # "soft" | "aggressive"
     aug:str = "mid"                   # augmentation level: "low" | "mid" | "high"
+    randaugment:bool = True           # RandAugment in phase 2 (5.9); False for Qonstraint 5.5/5.6
     mix_modes:tuple = MIX_MODES       # batch mixes to draw from; ("mixup",) for Qonstraint 5.5/5.6
     epochs:int = 70                   # epochs
     batch_size:int = 256              # training batch (images)
@@ -55,6 +56,7 @@ class TrainConfig:
     betas:tuple = (0.92, 0.999)       # AdamW betas; β1 is overwritten by the controller's momentum each epoch
     grad_clip:float = 1.0             # max global gradient norm
     swa_start:float = 0.85            # SWA averages the weights from this fraction of the epochs on
+    model:dict = field(default_factory=dict)       # overrides of the preset's `QonstraintConfig` fields, e.g. {"depths": (2, 3, 5)}
     controller:dict = field(default_factory=dict)  # overrides of `ControllerConfig` fields, e.g. {"momentum_gain": 0.005}
     reload_at:tuple = (0.85,)         # fractions of the epochs after which the best weights are reloaded
     collapse_drop:float = 10.0        # reload the best weights when val top-1 falls this many points below the best
@@ -89,6 +91,11 @@ class TrainConfig:
             raise QonstraintError(f"unknown controller setting(s) {', '.join(bad)}; valid: {', '.join(valid)}")
         if not self.min_lr <= self.lr <= self.max_lr:
             raise QonstraintError(f"need min_lr <= lr <= max_lr; got {self.min_lr}, {self.lr}, {self.max_lr}")
+        self.model = {k: tuple(v) if isinstance(v, list) else v for k, v in self.model.items()}
+        if bad := sorted(set(self.model) - {f.name for f in fields(QonstraintConfig)} | set(self.model) & {"head", "stem", "num_classes"}):
+            raise QonstraintError(f"model setting(s) {', '.join(bad)} cannot be overridden here; valid: any QonstraintConfig "
+                                  "field except head, stem and num_classes (set head and stem with their own fields)")
+        self.model_config(2)  # raises on an impossible architecture
         if self.run_name is None: self.run_name = f"{self.preset}-{self.head}-{self.stem}-{self.aug}-{self.dataset}-s{self.seed}"
 
     def _check(self, name, ok, what):
@@ -99,6 +106,10 @@ class TrainConfig:
 
     @property
     def run_dir(self) -> Path: return Path(self.out_dir)/self.run_name
+
+    def model_config(self, num_classes:int) -> QonstraintConfig:
+        "The network this run trains: the preset with this run's head, stem and `model` overrides."
+        return replace(PRESETS[self.preset], head=self.head, stem=self.stem, num_classes=num_classes, **self.model)
 
 # %% ../nbs/11_train.ipynb 9
 def soft_cross_entropy(logits:torch.Tensor,  # B, C
@@ -288,7 +299,7 @@ class TrainingRun:
         self.amp = amp_policy(self.device, cfg.amp)
         seed_everything(cfg.seed)
         self.data = d = load_dataset(cfg.dataset, root=cfg.data_dir, seed=cfg.seed, download=cfg.download)
-        self.model = create_model(cfg.preset, head=cfg.head, num_classes=d.num_classes, stem=cfg.stem).to(self.device)
+        self.model = Qonstraint(cfg.model_config(d.num_classes)).to(self.device)
         self.ctrl = ConfidenceController(cfg.epochs, base_lr=cfg.lr, min_lr=cfg.min_lr, max_lr=cfg.max_lr,
                                          warmup_epochs=max(1, cfg.warmup_epochs), **cfg.controller)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
@@ -341,7 +352,7 @@ class TrainingRun:
         cfg, d, s, te = self.cfg, self.data, self.ctrl.state, time.time()
         self.trainer.apply(s)
         seed = cfg.seed*100_003 + epoch
-        t = self.trainer.train_epoch(_loader(d.train, train_transform(cfg.aug, s.aug_phase, d.mean, d.std),
+        t = self.trainer.train_epoch(_loader(d.train, train_transform(cfg.aug, s.aug_phase, d.mean, d.std, cfg.randaugment),
                                              cfg.batch_size, True, seed, cfg, self.device), s)
         v = evaluate(self.model, self.val_loader, self.device, self.amp)
         events = ["phase2"] if s.aug_phase == 2 and epoch > 1 and aug_phase(epoch - 2, cfg.epochs) == 1 else []
