@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test clean
+.PHONY: install demo test figures grid clean
 
 # a virtual environment with the package (editable) and its dev tools; redone when the requirements change
 $(VENV)/.installed: settings.ini setup.py
@@ -24,6 +24,15 @@ demo: install
 	  -p dataset digits -p preset tiny -p stem aggressive -p aug low -p epochs 30 -p batch_size 64 \
 	  -p lr 1e-3 -p min_lr 1e-4 -p max_lr 1.2e-3 -p num_workers 0 -p run_name demo-digits \
 	  -y "controller: {reward_clip: 1.0}"
+
+# every figure and table of the paper, from the run logs in data/runs/ and the paper's numbers in data/paper/
+figures: install
+	mkdir -p runs && $(BIN)/papermill nbs/paper.ipynb runs/paper.ipynb --cwd .
+
+# the paper's whole ablation grid at CPU size (19 runs on digits; about 1.5 h on 2 cores), logs shipped to data/runs/cpu/
+grid: install
+	mkdir -p runs && $(BIN)/papermill nbs/experiments.ipynb runs/experiments-cpu.ipynb --cwd nbs \
+	  -p size cpu -p execute True -p ship True
 
 test: install
 	PATH="$(abspath $(BIN)):$$PATH" bash tools/test.sh
