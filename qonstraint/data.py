@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.transforms import v2
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
@@ -18,10 +19,11 @@ from .core import QonstraintError, KAGGLE_ROOT, atomic_write, cache_dir, check_c
 
 # %% auto 0
 __all__ = ['DIGITS_SOURCE', 'TINY_DIR', 'PROJECT_DIR', 'FIX_MISSING', 'TINY_URL', 'TINY_ZIP_BYTES', 'TINY_ZIP_MD5', 'FIX_REFETCH',
-           'TINY_COUNTS', 'CACHE_VERSION', 'DATASETS', 'ArrayDataset', 'Split', 'channel_stats', 'DataBundle',
-           'split_per_class', 'load_digits_bundle', 'make_fake_tinyimagenet', 'find_tinyimagenet',
-           'download_tinyimagenet', 'read_wnids', 'read_class_names', 'train_files', 'val_files', 'check_counts',
-           'decode_images', 'dataset_fingerprint', 'tinyimagenet_arrays', 'load_tinyimagenet', 'load_dataset']
+           'TINY_COUNTS', 'CACHE_VERSION', 'DATASETS', 'IMAGE_EXTENSIONS', 'FIX_FOLDER', 'ArrayDataset', 'Split',
+           'channel_stats', 'DataBundle', 'split_per_class', 'load_digits_bundle', 'make_fake_tinyimagenet',
+           'find_tinyimagenet', 'download_tinyimagenet', 'read_wnids', 'read_class_names', 'train_files', 'val_files',
+           'check_counts', 'resize_to_square', 'decode_images', 'dataset_fingerprint', 'tinyimagenet_arrays',
+           'load_tinyimagenet', 'load_dataset', 'folder_images', 'load_imagefolder']
 
 # %% ../nbs/01_data.ipynb 5
 class ArrayDataset(Dataset):
@@ -59,7 +61,7 @@ def channel_stats(images:np.ndarray, # N, H, W, 3 uint8
 @dataclass
 class DataBundle:
     "The train/val/test splits of one dataset, with what a run needs to know about them."
-    name:str             # "tinyimagenet" | "digits"
+    name:str             # "tinyimagenet" | "digits" | "imagefolder"
     train:Split          # fitted on
     val:Split            # model selection, the controller's signal
     test:Split           # held out; TinyImageNet's official val set
@@ -285,17 +287,26 @@ def check_counts(root:Path, wnids:list[str], train_labels:np.ndarray, val_labels
                                   f"({len(short)} classes differ). {FIX_REFETCH}")
 
 # %% ../nbs/01_data.ipynb 30
-def decode_images(paths:list[Path], desc:str="decoding") -> np.ndarray:
-    "Decode JPEGs to one `(N, 64, 64, 3)` uint8 RGB array (grayscale converted, no resizing)."
+def resize_to_square(x:torch.Tensor, # C, H, W image
+                     size:int=64) -> torch.Tensor:
+    "Shorter side resized to `size` (antialiased, aspect ratio kept), then the centre `size`×`size` crop; as is if already square."
+    if x.shape[-2:] == (size, size): return x
+    return v2.functional.center_crop(v2.functional.resize(x, size, antialias=True), size)
+
+def decode_images(paths:list[Path], desc:str="decoding",
+                  resize:bool=False, # fit other sizes to 64×64 (shorter side, centre crop); False: refuse them
+                  fix:str=FIX_REFETCH) -> np.ndarray: # what an error message tells the user to do
+    "Decode images to one `(N, 64, 64, 3)` uint8 RGB array (grayscale converted; resized only if `resize`)."
     out = np.empty((len(paths), 64, 64, 3), np.uint8)
     for i, p in enumerate(tqdm(paths, desc=desc, mininterval=5, disable=len(paths) < 5000)):
         try:
             with Image.open(p) as im: im = im.convert("RGB")
         except (OSError, SyntaxError, ValueError) as e:
-            raise QonstraintError(f"corrupt or truncated image {p}: {e}. {FIX_REFETCH}") from e
-        if im.size != (64, 64):
-            raise QonstraintError(f"image {p} is {im.size[0]}x{im.size[1]}, not TinyImageNet's 64x64 (we never resize). {FIX_REFETCH}")
-        out[i] = np.asarray(im)
+            raise QonstraintError(f"corrupt or truncated image {p}: {e}. {fix}") from e
+        if im.size != (64, 64) and not resize:
+            raise QonstraintError(f"image {p} is {im.size[0]}x{im.size[1]}, not TinyImageNet's 64x64 (we never resize). {fix}")
+        x = torch.from_numpy(np.asarray(im)).permute(2, 0, 1)           # H, W, 3 -> 3, H, W
+        out[i] = resize_to_square(x).permute(1, 2, 0).numpy()
     return out
 
 # %% ../nbs/01_data.ipynb 34
@@ -345,7 +356,7 @@ def tinyimagenet_arrays(root:Path, cache:Path|str|None=None) -> dict:
     return arrays
 
 # %% ../nbs/01_data.ipynb 39
-DATASETS = ("tinyimagenet", "digits")
+DATASETS = ("tinyimagenet", "digits", "imagefolder")
 
 def load_tinyimagenet(root=None, seed:int=0, download:bool=False, cache=None) -> DataBundle:
     "TinyImageNet: the paper's per-class 80/20 split of the train folder, and the official val set as `test`."
@@ -359,8 +370,8 @@ def load_tinyimagenet(root=None, seed:int=0, download:bool=False, cache=None) ->
     tr, va = split_per_class(whole.labels, 0.8, seed)
     return DataBundle("tinyimagenet", whole[tr], whole[va], test, a["names"].tolist(), str(root))
 
-def load_dataset(name:str,            # "tinyimagenet" | "digits"
-                 root=None,           # TinyImageNet folder (or its parent); None: search for it
+def load_dataset(name:str,            # "tinyimagenet" | "digits" | "imagefolder"
+                 root=None,           # TinyImageNet folder (or its parent; None: search for it), or the image folder
                  seed:int=0,          # seed of the per-class split
                  download:bool=False, # fetch the official TinyImageNet zip if it is not found
                  cache=None) -> DataBundle: # cache folder; None: `qonstraint.core.cache_dir()`
@@ -370,4 +381,48 @@ def load_dataset(name:str,            # "tinyimagenet" | "digits"
         if root is not None: raise QonstraintError(f"dataset 'digits' ships with scikit-learn and takes no folder, "
                                                    f"but root={str(root)!r} was given. Fix: drop it, or use dataset='tinyimagenet'.")
         return load_digits_bundle(seed)
+    if name == "imagefolder": return load_imagefolder(root, seed)
     return load_tinyimagenet(root, seed, download, cache)
+
+# %% ../nbs/01_data.ipynb 45
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+FIX_FOLDER = "Fix: lay the folder out as <folder>/<class name>/<image> (optionally inside train/ and val/ sub-folders)."
+
+def folder_images(folder:Path) -> tuple[list[Path], np.ndarray, list[str]]:
+    "The images under `folder/<class>/` (recursively, sorted) with their labels, and the classes (sorted folder names)."
+    if not folder.is_dir(): raise QonstraintError(f"missing folder {folder}. {FIX_FOLDER}")
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(classes) < 2: raise QonstraintError(f"{folder} has {len(classes)} class folder(s); a classifier needs at least 2. {FIX_FOLDER}")
+    files, labels = [], []
+    for y, c in enumerate(classes):
+        found = sorted(p for p in (folder/c).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not found: raise QonstraintError(f"class folder {folder/c} holds no images ({' '.join(IMAGE_EXTENSIONS)}). {FIX_FOLDER}")
+        files += found; labels += [y]*len(found)
+    return files, np.array(labels, dtype=np.int64), classes
+
+def _folder_split(folder:Path, classes:list[str]|None=None) -> Split:
+    "One split from `folder/<class>/<image>`; its classes must be `classes` if given."
+    files, labels, found = folder_images(folder)
+    if classes is not None and found != classes:
+        raise QonstraintError(f"{folder} has the classes {found[:5]}..., but the train folder has {classes[:5]}...: every split "
+                              f"needs the same class folders. {FIX_FOLDER}")
+    return Split(decode_images(files, folder.name, resize=True, fix="Fix: remove or replace the image."), labels, found)
+
+def load_imagefolder(root, seed:int=0) -> DataBundle:
+    "Images in `root/<class>/` (or `root/{train,val[,test]}/<class>/`), fitted to 64×64; per-class 80/20 split if no val/."
+    if root is None: raise QonstraintError(f"dataset 'imagefolder' needs its folder: data_dir=... (root=...). {FIX_FOLDER}")
+    root = Path(root)
+    if (root/"train").is_dir() and (root/"val").is_dir():
+        train = _folder_split(root/"train")
+        val = _folder_split(root/"val", train.classes)
+        test = _folder_split(root/"test", train.classes) if (root/"test").is_dir() else val
+        how = "train/ and val/" + (" and test/" if test is not val else "")
+    else:
+        whole = _folder_split(root)
+        if (np.bincount(whole.labels) < 2).any(): raise QonstraintError(
+            f"{root}: every class needs at least 2 images to be split 80/20 into train and val. {FIX_FOLDER}")
+        tr, va = split_per_class(whole.labels, 0.8, seed)
+        train, val = whole[tr], whole[va]
+        test, how = val, "per-class 80/20 split"
+    note = "" if test is not val else "; no test/ folder: test = val, nothing held out"
+    return DataBundle("imagefolder", train, val, test, train.classes, f"image folder {root} ({how}{note}; not TinyImageNet)")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save as safetensors_save
+from safetensors.torch import load_file, save as safetensors_save
 from timm.utils import ModelEmaV3
 from torch.optim.swa_utils import AveragedModel, update_bn
 from torch.utils.data import DataLoader
@@ -28,16 +28,17 @@ from .heads import HEADS
 from .stem import STEMS
 
 # %% auto 0
-__all__ = ['CKPT_FORMAT', 'TIMING_COLUMNS', 'LOG_COLUMNS', 'TrainConfig', 'soft_cross_entropy', 'hardness_weights',
-           'training_loss', 'topk_correct', 'Trainer', 'evaluate', 'save_checkpoint', 'load_checkpoint', 'git_commit',
-           'write_json', 'RunLog', 'peak_mem_mb', 'reload_reason', 'Run', 'over_budget', 'TrainingRun', 'fit']
+__all__ = ['CKPT_FORMAT', 'TIMING_COLUMNS', 'CLASSES_FILE', 'LOG_COLUMNS', 'TrainConfig', 'soft_cross_entropy',
+           'hardness_weights', 'training_loss', 'topk_correct', 'Trainer', 'evaluate', 'save_checkpoint',
+           'load_checkpoint', 'git_commit', 'write_json', 'RunLog', 'class_info', 'peak_mem_mb', 'reload_reason',
+           'init_from_run', 'freeze_backbone', 'Run', 'over_budget', 'TrainingRun', 'fit']
 
 # %% ../nbs/11_train.ipynb 5
 @dataclass
 class TrainConfig:
     "Every setting of a training run. Defaults: the paper's Qonstraint 5.9 on TinyImageNet."
-    dataset:str = "tinyimagenet"      # "tinyimagenet" | "digits"
-    data_dir:str|None = None          # TinyImageNet folder (or its parent); None: search (see `qonstraint.data`)
+    dataset:str = "tinyimagenet"      # "tinyimagenet" | "digits" | "imagefolder" (your own `class_name/image` folders)
+    data_dir:str|None = None          # TinyImageNet folder (or its parent; None: search, see `qonstraint.data`), or the image folder
     download:bool = False             # fetch the official TinyImageNet zip if it is not found
     preset:str = "qonstraint_5_9"     # a key of `qonstraint.model.PRESETS`
     head:str = "sota"                 # "sota" | "gap"
@@ -68,6 +69,8 @@ class TrainConfig:
     device:str = "auto"               # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
     amp:str = "auto"                  # "auto" | "fp16" | "bf16" | "off"
     num_workers:int = 2               # DataLoader worker processes
+    init_from:str|None = None         # run folder to start from (its model.safetensors); a new classifier if the class count differs
+    freeze_epochs:int = 0             # first epochs with the backbone (stem, stages, fusion) frozen: only the head trains
 
     def __post_init__(self):
         self.mix_modes, self.betas, self.reload_at = tuple(self.mix_modes), tuple(self.betas), tuple(self.reload_at)
@@ -79,7 +82,7 @@ class TrainConfig:
         for m in self.mix_modes: check_choice("mix mode", m, MIX_MODES)
         check_choice("amp", {True: "auto", False: "off"}.get(self.amp, self.amp), AMP_MODES)
         for name in ("epochs", "batch_size", "eval_batch_size"): self._check(name, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
-        for name in ("warmup_epochs", "num_workers", "seed"): self._check(name, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
+        for name in ("warmup_epochs", "num_workers", "seed", "freeze_epochs"): self._check(name, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
         for name in ("lr", "min_lr", "max_lr", "grad_clip", "collapse_drop"): self._check(name, lambda v: v > 0, "positive")
         self._check("weight_decay", lambda v: v >= 0, ">= 0")
         self._check("swa_start", lambda v: 0 < v <= 1, "a fraction in (0, 1]")
@@ -106,6 +109,11 @@ class TrainConfig:
 
     @property
     def run_dir(self) -> Path: return Path(self.out_dir)/self.run_name
+
+    @classmethod
+    def from_dict(cls, d:dict) -> TrainConfig:
+        "The configuration a run's `config.json` records (its other entries, such as versions, are left out)."
+        return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
 
     def model_config(self, num_classes:int) -> QonstraintConfig:
         "The network this run trains: the preset with this run's head, stem and `model` overrides."
@@ -226,6 +234,7 @@ def load_checkpoint(path:Path, config:dict|None=None) -> dict:
     return ck
 
 # %% ../nbs/11_train.ipynb 16
+CLASSES_FILE = "classes.json"   # the class ids, names and normalisation that inference needs
 LOG_COLUMNS = ("epoch lr reward confidence momentum ema_decay label_smoothing drop_path aug_phase mix_prob aux_weight "
                "train_loss train_top1 train_top5 val_loss val_top1 val_top5 feat_mean feat_std epoch_seconds "
                "images_per_second peak_mem_mb event").split()
@@ -261,6 +270,10 @@ class RunLog:
             w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
             f.flush(); os.fsync(f.fileno())
 
+def class_info(data) -> dict:
+    "What `classes.json` records of a `DataBundle`: class ids, names, and the train split's mean and std."
+    return dict(classes=data.classes, class_names=data.class_names, mean=data.mean, std=data.std)
+
 def peak_mem_mb(device:torch.device) -> float:
     "Peak memory so far: CUDA allocations on a GPU, the process's peak resident memory elsewhere."
     if device.type == "cuda": return torch.cuda.max_memory_allocated(device)/2**20
@@ -273,7 +286,23 @@ def reload_reason(epoch:int, cfg:TrainConfig, val_top1:float, best_top1:float, n
     if best_top1 - val_top1 >= cfg.collapse_drop: return f"val top-1 collapsed to {val_top1:.2f} (best {best_top1:.2f})"
     if epoch in {max(1, round(f*cfg.epochs)) for f in cfg.reload_at} and epoch < cfg.epochs: return "scheduled"
 
-# %% ../nbs/11_train.ipynb 21
+# %% ../nbs/11_train.ipynb 22
+def init_from_run(model:Qonstraint, run_dir:Path|str):
+    "Load a finished run's final weights into `model`; a new classifier if the class counts differ."
+    config = json.loads((Path(run_dir)/"config.json").read_text())
+    src = Qonstraint(TrainConfig.from_dict(config).model_config(config["data"]["num_classes"]))
+    src.load_state_dict(load_file(Path(run_dir)/"model.safetensors"))
+    if src.num_classes != model.num_classes: src.reset_classifier(model.num_classes)
+    if diff := [f.name for f in fields(QonstraintConfig) if getattr(src.cfg, f.name) != getattr(model.cfg, f.name)]:
+        raise QonstraintError(f"init_from run {run_dir} trained another network (it differs in {', '.join(diff)}). "
+                              "Fix: use the same preset, head, stem and model overrides as that run.")
+    model.load_state_dict(src.state_dict())
+
+def freeze_backbone(model:Qonstraint, frozen:bool):
+    "Freeze (or unfreeze) everything but the head: the stem, the backbone stages and the fusion block."
+    for part in (model.stem, model.backbone, model.fusion): part.requires_grad_(not frozen)
+
+# %% ../nbs/11_train.ipynb 23
 @dataclass
 class Run:
     "A finished (or stopped) run: its folder, per-epoch history and summary."
@@ -298,8 +327,14 @@ class TrainingRun:
         self.device = get_device(cfg.device)
         self.amp = amp_policy(self.device, cfg.amp)
         seed_everything(cfg.seed)
+        start_from = cfg.init_from if cfg.init_from is not None and not cfg.resume else None   # a resumed run has its own weights
+        if start_from is not None and not (Path(start_from)/"model.safetensors").is_file():    # fail before loading data
+            raise QonstraintError(f"init_from={start_from!r} is not a finished run folder (no model.safetensors). "
+                                  "Fix: pass the out_dir/run_name of a run that trained to the end.")
         self.data = d = load_dataset(cfg.dataset, root=cfg.data_dir, seed=cfg.seed, download=cfg.download)
-        self.model = Qonstraint(cfg.model_config(d.num_classes)).to(self.device)
+        self.model = Qonstraint(cfg.model_config(d.num_classes))
+        if start_from is not None: init_from_run(self.model, start_from)
+        self.model.to(self.device)
         self.ctrl = ConfidenceController(cfg.epochs, base_lr=cfg.lr, min_lr=cfg.min_lr, max_lr=cfg.max_lr,
                                          warmup_epochs=max(1, cfg.warmup_epochs), **cfg.controller)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
@@ -322,6 +357,7 @@ class TrainingRun:
             qonstraint_version=qonstraint.__version__, torch_version=torch.__version__, device=str(self.device),
             amp_dtype=str(self.amp.dtype), git_commit=git_commit(), params=sum(p.numel() for p in self.model.parameters()),
             data=self.data.info()))
+        write_json(self.dir/CLASSES_FILE, class_info(self.data))
         return 1
 
     def state(self, epoch:int) -> dict:
@@ -351,6 +387,7 @@ class TrainingRun:
         "Train and evaluate `epoch` and let the controller respond; return its log row, and whether it is a new best and needs a reload."
         cfg, d, s, te = self.cfg, self.data, self.ctrl.state, time.time()
         self.trainer.apply(s)
+        freeze_backbone(self.model, epoch <= cfg.freeze_epochs)
         seed = cfg.seed*100_003 + epoch
         t = self.trainer.train_epoch(_loader(d.train, train_transform(cfg.aug, s.aug_phase, d.mean, d.std, cfg.randaugment),
                                              cfg.batch_size, True, seed, cfg, self.device), s)
@@ -415,7 +452,7 @@ class TrainingRun:
         write_json(self.dir/"summary.json", summary)
         return Run(self.dir, history, summary)
 
-# %% ../nbs/11_train.ipynb 22
+# %% ../nbs/11_train.ipynb 24
 def fit(cfg:TrainConfig) -> Run:
     "Train one run as `cfg` says (or continue it, with `resume=True`); return its folder, history and summary."
     run = TrainingRun(cfg)
