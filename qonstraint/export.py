@@ -6,13 +6,11 @@
 from __future__ import annotations
 import argparse, logging, sys, time, warnings
 from pathlib import Path
-from unittest.mock import patch
 
 import numpy as np
 import pandas as pd
 import torch
 
-import qonstraint.heads
 from .core import QonstraintError
 from .inference import WEIGHT_FILES, Predictor, add_predict_args, predict_command
 
@@ -56,7 +54,7 @@ def export_onnx(model:torch.nn.Module, path:Path|str, opset:int=18) -> Path:
 def export_torchscript(model:torch.nn.Module, path:Path|str) -> Path:
     "Write `model` as a traced TorchScript module whose batch dimension is dynamic."
     model, path = model.eval().cpu(), Path(path)
-    with patch.object(qonstraint.heads, "len", lambda t: t.shape[0], create=True), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")       # the tracer's notes on the input-size check, a constant branch
         traced = torch.jit.trace(model, example_batch(model), check_trace=False)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -140,7 +140,7 @@ class SOTAQlassifierHead(nn.Module):
 
     def forward(self, x, return_branches:bool=False):
         tokens = x.flatten(2).transpose(1, 2)                                 # B, D, H, W -> B, N, D
-        t = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], dim=1) + self.pos_embed  # B, 1+N, D
+        t = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1) + self.pos_embed  # B, 1+N, D (x.shape[0], not len(x): stays symbolic when traced/exported)
         t = distributional_clamp(t + self.ffn(self.norm(t)), self.clamp)      # B, 1+N, D
         t = distributional_clamp(t + self.token_mixer(t), self.clamp)         # B, 1+N, D
         cls, kept = t[:, :1], self.reducer(t[:, 1:])                          # B, 1, D and B, k, D
