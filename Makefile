@@ -29,7 +29,7 @@ demo: install
 figures: install
 	mkdir -p runs && $(BIN)/papermill nbs/paper.ipynb runs/paper.ipynb --cwd .
 
-# the paper's whole ablation grid at CPU size (19 runs on digits; about 1.5 h on 2 cores), logs shipped to data/runs/cpu/
+# the paper's whole ablation grid at CPU size (19 runs on digits; their runs summed to 1.7 h here), logs shipped to data/runs/cpu/
 grid: install
 	mkdir -p runs && $(BIN)/papermill nbs/experiments.ipynb runs/experiments-cpu.ipynb --cwd nbs \
 	  -p size cpu -p execute True -p ship True
