@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test figures grid clean
+.PHONY: install demo test figures grid bench clean
 
 # a virtual environment with the package (editable) and its dev tools; redone when the requirements change
 $(VENV)/.installed: settings.ini setup.py
@@ -33,6 +33,10 @@ figures: install
 grid: install
 	mkdir -p runs && $(BIN)/papermill nbs/experiments.ipynb runs/experiments-cpu.ipynb --cwd nbs \
 	  -p size cpu -p execute True -p ship True
+
+# the speed benchmarks: a table, the machine, one JSON line (a few minutes on 2 CPU cores; --full for larger sizes)
+bench: install
+	$(BIN)/python bench/run.py
 
 test: install
 	PATH="$(abspath $(BIN)):$$PATH" bash tools/test.sh

@@ -130,8 +130,9 @@ def sample_grid(images:np.ndarray, # N, H, W, 3 uint8 images; the first `n` are 
 def save_sample_grid(images:np.ndarray, # N, H, W, 3 uint8 images; the first `n` are drawn
                      path:Path|str,      # the PNG to write
                      mean, std,          # the dataset's per-channel statistics, in [0, 1]
-                     n:int=6, seed:int=0, title:str|None=None) -> Path:
-    "Write `sample_grid` as a PNG (same inputs and seed -> same bytes)."
-    fig = sample_grid(images, mean, std, n, seed, title)
+                     n:int=6, seed:int=0, title:str|None=None,
+                     grid=sample_grid) -> Path:            # the figure: `sample_grid`, or `device_augment.device_sample_grid`
+    "Write `grid` (by default `sample_grid`) as a PNG (same inputs and seed -> same bytes)."
+    fig = grid(images, mean, std, n, seed, title)
     with atomic_write(path) as f: fig.savefig(f, format="png", dpi=120)
     return Path(path)

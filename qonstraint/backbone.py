@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .blocks import QonvViTBlock
 
@@ -30,13 +31,14 @@ class QonvViT(nn.Module):
         self.stages = nn.ModuleList(self._make_stage(cin, cout, depth, stride, **block_kwargs)
                                     for cin, cout, depth, stride in zip(embed_dims, embed_dims[1:], depths, strides))
         self.set_drop_path(drop_path_rate)
-        self.feat_stats = None  # (mean, std) of the last `high_feat`
+        self.grad_checkpointing = False  # recompute each stage in the backward pass (`set_grad_checkpointing`)
+        self.feat_stats = None           # (mean, std) of the last `high_feat`
 
     @staticmethod
-    def _make_stage(cin:int, cout:int, depth:int, stride:int, **block_kwargs) -> nn.ModuleList:
+    def _make_stage(cin:int, cout:int, depth:int, stride:int, **block_kwargs) -> nn.Sequential:
         "A strided 3×3 conv + GELU from `cin` to `cout` channels, then `depth` QonvViT blocks."
         down = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.GELU())
-        return nn.ModuleList([down, *(QonvViTBlock(cout, **block_kwargs) for _ in range(depth))])
+        return nn.Sequential(down, *(QonvViTBlock(cout, **block_kwargs) for _ in range(depth)))
 
     @property
     def blocks(self) -> list[QonvViTBlock]:
@@ -48,10 +50,15 @@ class QonvViT(nn.Module):
         blocks = self.blocks
         for i, block in enumerate(blocks): block.set_drop_path(rate * i / max(len(blocks) - 1, 1))
 
+    def set_grad_checkpointing(self, enable:bool=True):
+        "Recompute each stage's activations in the backward pass instead of keeping them (training only)."
+        self.grad_checkpointing = enable
+
     def forward(self, x):
         feats = []
+        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for stage in self.stages:       # B, 128, 32, 32 -> B, 256, 16, 16 -> B, 512, 8, 8 -> B, 1024, 4, 4
-            for layer in stage: x = layer(x)
+            x = checkpoint(stage, x, use_reentrant=False) if recompute else stage(x)
             feats.append(x)
         low_feat, high_feat = feats[1], feats[2]
         self.feat_stats = feature_stats(high_feat)

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from timm.layers import DropPath, LayerNorm2d
+from timm.layers import LayerNorm2d
 
 from .core import check_choice
 
 # %% auto 0
-__all__ = ['NORMS', 'TOKEN_MIXERS', 'norm2d', 'distributional_clamp', 'TokenExcite', 'QonvViTBlock']
+__all__ = ['NORMS', 'TOKEN_MIXERS', 'norm2d', 'distributional_clamp', 'TokenExcite', 'ScheduledDropPath', 'QonvViTBlock']
 
 # %% ../nbs/05_blocks.ipynb 5
 NORMS = ("layer", "batch")
@@ -43,6 +43,23 @@ class TokenExcite(nn.Module):
         return x * gate                          # B, C, H, W
 
 # %% ../nbs/05_blocks.ipynb 16
+class ScheduledDropPath(nn.Module):
+    "Drop a residual branch per sample with probability `drop_prob` (a 0-dim buffer), scaling kept ones by 1/(1 − p), like timm's `DropPath`."
+    def __init__(self, drop_prob:float=0.):  # probability of dropping a sample's branch (training only)
+        super().__init__()
+        self.register_buffer("drop_prob", torch.tensor(float(drop_prob)), persistent=False)
+
+    def set_rate(self, p:float):
+        "Set the drop probability in place: no recompilation of a compiled model, no new tensor."
+        self.drop_prob.fill_(p)
+
+    def forward(self, x):                                                # B, ... branch
+        if not self.training: return x
+        keep = 1 - self.drop_prob                                        # 0-dim tensor
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)  # B, 1, ..., 1: 1 keeps the branch
+        return x * mask.div_(torch.where(keep > 0, keep, 1))             # B, ... (p = 1: every branch 0)
+
+# %% ../nbs/05_blocks.ipynb 21
 TOKEN_MIXERS = ("depthwise", "full")
 
 class QonvViTBlock(nn.Module):
@@ -64,12 +81,12 @@ class QonvViTBlock(nn.Module):
         self.channel_mlp = nn.Sequential(nn.Conv2d(dim, hidden, 1), nn.GELU(), nn.Conv2d(hidden, dim, 1))
         self.res_scale2 = nn.Parameter(torch.full((dim, 1, 1), res_scale_init))
         self.excite = TokenExcite(dim, excite_ratio)
-        self.drop_path = DropPath(0.)  # probability set at run time by `set_drop_path`
+        self.drop_path = ScheduledDropPath()  # probability set at run time by `set_drop_path`
         self.clamp = clamp
 
     def set_drop_path(self, p:float):
         "Drop each residual branch of a sample with probability `p` (training only)."
-        self.drop_path.drop_prob = p
+        self.drop_path.set_rate(p)
 
     def forward(self, x):                                                            # B, C, H, W
         x = x + self.drop_path(self.res_scale1 * self.token_mix(self.norm1(x)))      # token mixing

@@ -33,14 +33,18 @@ def _check_modes(modes) -> tuple:
         raise QonstraintError(f"modes must be a non-empty tuple of {MIX_MODES}, e.g. ('mixup',); got {modes!r}")
     return tuple(check_choice("mix mode", m, MIX_MODES) for m in modes)
 
-def _check_batch(images:torch.Tensor, labels:torch.Tensor, num_classes:int):
-    "A float (B, C, H, W) batch with B class indices in 0..num_classes-1."
+def _check_shapes(images:torch.Tensor, labels:torch.Tensor,
+                  fix:str="convert uint8 images first (`qonstraint.augment.train_transform` does)"):
+    "A float (B, C, H, W) batch with B integer labels: shapes and dtypes only, nothing read from the device."
     if not (images.ndim == 4 and images.is_floating_point()):
-        raise QonstraintError(f"images must be a float (B, C, H, W) batch, got shape {tuple(images.shape)} of "
-                              f"{images.dtype}; convert uint8 images first (`qonstraint.augment.train_transform` does)")
+        raise QonstraintError(f"images must be a float (B, C, H, W) batch, got shape {tuple(images.shape)} of {images.dtype}; {fix}")
     if labels.shape != images.shape[:1] or labels.is_floating_point():
         raise QonstraintError(f"labels must be {len(images)} class indices (an integer tensor of shape "
                               f"({len(images)},)), got shape {tuple(labels.shape)} of {labels.dtype}")
+
+def _check_batch(images:torch.Tensor, labels:torch.Tensor, num_classes:int):
+    "A float (B, C, H, W) batch with B class indices in 0..num_classes-1."
+    _check_shapes(images, labels)
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise QonstraintError(f"labels must lie in 0..{num_classes - 1}, got {labels.min().item()}..{labels.max().item()}; "
                               "is num_classes the dataset's number of classes?")

@@ -120,6 +120,10 @@ class Qonstraint(nn.Module):
         "DropPath `rate` for the deepest block, rising linearly from 0 at the first; takes effect at the next step."
         self.backbone.set_drop_path(rate)
 
+    def set_grad_checkpointing(self, enable:bool=True):
+        "Recompute the backbone's stages in the backward pass instead of keeping their activations (training only)."
+        self.backbone.set_grad_checkpointing(enable)
+
     @property
     def feat_stats(self) -> tuple[torch.Tensor, torch.Tensor]|None:
         "Detached (mean, std) of the last forward's `high_feat`."
@@ -208,6 +212,20 @@ def saved_bytes(model:nn.Module, x:torch.Tensor, amp:bool=True) -> int:
         model.train()(x)
     return sum(saved.values())
 
+def _stage_saved_bytes(model:Qonstraint, x:torch.Tensor, amp:bool=True) -> list[int]:
+    "Bytes each backbone stage alone saves for backward on the way from `x` (what checkpointing recomputes, one stage at a time)."
+    with torch.no_grad(), torch.autocast("cpu", torch.float16, enabled=amp): x = model.stem(x)
+    sizes = []
+    for stage in model.backbone.stages:
+        sizes.append(saved_bytes(stage, x, amp))
+        with torch.no_grad(), torch.autocast("cpu", torch.float16, enabled=amp): x = stage(x)
+    return sizes
+
+def _activation_bytes(model:Qonstraint, x:torch.Tensor, amp:bool, checkpoint_stages:bool) -> int:
+    "Peak bytes of the tensors kept for backward: a training forward's, plus the largest recomputed stage when checkpointing."
+    model.set_grad_checkpointing(checkpoint_stages)
+    return saved_bytes(model, x, amp) + (max(_stage_saved_bytes(model, x, amp)) if checkpoint_stages else 0)
+
 @dataclass(frozen=True)
 class MemoryEstimate:
     "GPU memory of one training step, in bytes (see `estimate_memory`)."
@@ -219,6 +237,7 @@ class MemoryEstimate:
     adamw:int            # AdamW's exp_avg and exp_avg_sq
     ema:int              # EMA copy of the weights
     swa:int              # SWA copy of the weights
+    checkpoint_stages:bool = False  # the backbone's stages are recomputed in the backward pass
 
     @property
     def static(self) -> int: return self.weights + self.grads + self.adamw + self.ema + self.swa
@@ -231,13 +250,15 @@ class MemoryEstimate:
 def estimate_memory(cfg:QonstraintConfig|Qonstraint|str,  # a preset name, a config or a model
                     batch_size:int=256,                    # images per training step
                     amp:bool=True,                         # fp16 autocast (the paper's AMP) or fp32
-                    ema:bool=True, swa:bool=True) -> MemoryEstimate:  # does the training keep EMA / SWA copies?
+                    ema:bool=True, swa:bool=True,          # does the training keep EMA / SWA copies?
+                    checkpoint_stages:bool=False) -> MemoryEstimate:  # activation checkpointing of the backbone's stages
     "Estimate the GPU memory of one AdamW training step of `cfg` at `batch_size` (computed on the CPU, without data)."
     cfg = as_config(cfg)
     with FakeTensorMode():  # shapes and dtypes only: no memory, no arithmetic
         model = Qonstraint(cfg)
-        two, four = (saved_bytes(model, torch.empty(b, cfg.in_chans, cfg.img_size, cfg.img_size), amp) for b in (2, 4))
+        two, four = (_activation_bytes(model, torch.empty(b, cfg.in_chans, cfg.img_size, cfg.img_size), amp, checkpoint_stages)
+                     for b in (2, 4))
         n = sum(p.numel() for p in model.parameters())
     per_image = (four - two) // 2
-    return MemoryEstimate(batch_size, per_image * batch_size, two - 2 * per_image,
-                          weights=4 * n, grads=4 * n, adamw=8 * n, ema=4 * n * ema, swa=4 * n * swa)
+    return MemoryEstimate(batch_size, per_image * batch_size, two - 2 * per_image, weights=4 * n, grads=4 * n,
+                          adamw=8 * n, ema=4 * n * ema, swa=4 * n * swa, checkpoint_stages=checkpoint_stages)

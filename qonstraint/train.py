@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_train.ipynb 2
 from __future__ import annotations
-import csv, json, math, os, resource, subprocess, time
+import argparse, collections, csv, json, math, os, re, resource, shutil, socket, subprocess, sys, tempfile, time, warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -14,24 +14,29 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save as safetensors_save
 from timm.utils import ModelEmaV3
 from torch.optim.swa_utils import AveragedModel, update_bn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
+from fastcore.imports import IN_NOTEBOOK
 
 import qonstraint
 from .augment import AUG_LEVELS, aug_phase, train_transform, val_transform
 from .collate import MIX_MODES, MixCollate
 from .controller import ConfidenceController, ControlState, ControllerConfig
-from .core import (AMP_MODES, QonstraintError, amp_policy, atomic_write, check_choice, get_device, get_rng_state,
-                             seed_everything, seed_worker, set_rng_state)
+from .core import (AMP_MODES, AmpPolicy, DistEnv, QonstraintError, amp_policy, atomic_write, barrier, check_choice, dist_env,
+                             get_device, get_rng_state, reduce_sum, seed_everything, seed_worker, set_rng_state)
+from .device_augment import DeviceAugment, DeviceMix
 from .data import DATASETS, load_dataset
-from .model import PRESETS, Qonstraint, QonstraintConfig
+from .model import PRESETS, Qonstraint, QonstraintConfig, estimate_memory
 from .heads import HEADS
 from .stem import STEMS
 
 # %% auto 0
 __all__ = ['CKPT_FORMAT', 'TIMING_COLUMNS', 'CLASSES_FILE', 'LOG_COLUMNS', 'TrainConfig', 'soft_cross_entropy',
-           'hardness_weights', 'training_loss', 'topk_correct', 'Trainer', 'evaluate', 'save_checkpoint',
-           'load_checkpoint', 'git_commit', 'write_json', 'RunLog', 'class_info', 'peak_mem_mb', 'reload_reason',
-           'init_from_run', 'freeze_backbone', 'Run', 'over_budget', 'TrainingRun', 'fit']
+           'hardness_weights', 'training_loss', 'topk_correct', 'epoch_totals', 'TrainForward', 'Trainer', 'evaluate',
+           'make_optimizer', 'save_checkpoint', 'load_checkpoint', 'git_commit', 'write_json', 'RunLog', 'class_info',
+           'peak_mem_mb', 'reload_reason', 'init_from_run', 'freeze_backbone', 'Run', 'read_run', 'epoch_order',
+           'device_batches', 'over_budget', 'compile_unavailable', 'compile_forward', 'join_processes', 'wrap_ddp',
+           'gather_rng_states', 'memory_advice', 'TrainingRun', 'fit', 'launch', 'main', 'ddp_grad_check']
 
 # %% ../nbs/11_train.ipynb 5
 @dataclass
@@ -71,6 +76,10 @@ class TrainConfig:
     num_workers:int = 2               # DataLoader worker processes
     init_from:str|None = None         # run folder to start from (its model.safetensors); a new classifier if the class count differs
     freeze_epochs:int = 0             # first epochs with the backbone (stem, stages, fusion) frozen: only the head trains
+    data_on_device:bool = False       # keep the uint8 train split on the device; augment and mix whole batches there, per sample
+    compile:bool = False              # torch.compile the training forward; warns and runs eagerly where it cannot
+    checkpoint_stages:bool = False    # recompute the backbone stages in backward (activation checkpointing): less memory, more compute
+    devices:int = 1                   # processes, one per GPU (DDP); batch_size and lr stay those of the whole (global) batch
 
     def __post_init__(self):
         self.mix_modes, self.betas, self.reload_at = tuple(self.mix_modes), tuple(self.betas), tuple(self.reload_at)
@@ -81,7 +90,7 @@ class TrainConfig:
         check_choice("aug", self.aug, AUG_LEVELS)
         for m in self.mix_modes: check_choice("mix mode", m, MIX_MODES)
         check_choice("amp", {True: "auto", False: "off"}.get(self.amp, self.amp), AMP_MODES)
-        for name in ("epochs", "batch_size", "eval_batch_size"): self._check(name, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
+        for name in ("epochs", "batch_size", "eval_batch_size", "devices"): self._check(name, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
         for name in ("warmup_epochs", "num_workers", "seed", "freeze_epochs"): self._check(name, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
         for name in ("lr", "min_lr", "max_lr", "grad_clip", "collapse_drop"): self._check(name, lambda v: v > 0, "positive")
         self._check("weight_decay", lambda v: v >= 0, ">= 0")
@@ -89,6 +98,9 @@ class TrainConfig:
         self._check("reload_at", lambda v: all(0 < f <= 1 for f in v), "fractions in (0, 1]")
         self._check("betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)")
         self._check("max_minutes", lambda v: v is None or v > 0, "positive, or None")
+        if self.batch_size % self.devices:
+            raise QonstraintError(f"batch_size={self.batch_size} must split evenly over devices={self.devices} (each process takes "
+                                  f"batch_size/devices images a step). Fix: a batch_size divisible by {self.devices}.")
         valid = [f.name for f in fields(ControllerConfig) if f.name not in ("epochs", "base_lr", "min_lr", "max_lr", "warmup_epochs")]
         if bad := sorted(set(self.controller) - set(valid)):
             raise QonstraintError(f"unknown controller setting(s) {', '.join(bad)}; valid: {', '.join(valid)}")
@@ -128,9 +140,10 @@ def soft_cross_entropy(logits:torch.Tensor,  # B, C
     return -(target*logits.float().log_softmax(1)).sum(1)
 
 def hardness_weights(logits:torch.Tensor, target:torch.Tensor) -> torch.Tensor:
-    "Per-sample weights `1 − p(true class)`, detached, normalised to mean 1 over the batch."
+    "Per-sample weights `1 − p(true class)`, detached, normalised to mean 1 over the batch (all processes' shares of it under DDP)."
     w = 1 - (logits.detach().float().softmax(1)*target).sum(1)  # B
-    return w/w.mean().clamp_min(1e-6)
+    total, count = reduce_sum(torch.stack([w.sum(), torch.ones_like(w).sum()]))
+    return w/(total/count).clamp_min(1e-6)
 
 def training_loss(out, target:torch.Tensor, smoothing:float, aux_weight:float) -> torch.Tensor:
     "Hardness-weighted smoothed cross-entropy of the fused logits, plus `aux_weight` × that of the auxiliary branch."
@@ -146,69 +159,100 @@ def topk_correct(logits:torch.Tensor, labels:torch.Tensor, ks=(1, 5)) -> torch.T
     hit = top == labels[:, None]
     return torch.stack([hit[:, :k].any(1).sum() for k in ks])
 
+def epoch_totals(sums:torch.Tensor, *counts:int) -> list[float]:
+    "An epoch's device sums and host counts, added over all processes and read on the host once."
+    return reduce_sum(torch.cat([sums, torch.tensor(counts, dtype=sums.dtype).to(sums.device)])).tolist()
+
+class TrainForward(torch.nn.Module):
+    "A `Qonstraint`'s training forward, every branch for the loss, as one module for DDP and `torch.compile` to wrap."
+    def __init__(self, model:Qonstraint):
+        super().__init__()
+        self.model = model
+    def forward(self, x): return self.model.forward_head(self.model.forward_features(x), return_branches=True)  # B, 3, 64, 64 -> Branches
+
 @dataclass
 class Trainer:
     "The objects one training step touches."
-    model:torch.nn.Module
+    model:Qonstraint            # the network; its weights are what checkpoints hold
+    forward:torch.nn.Module     # its `TrainForward`, possibly wrapped in DDP and compiled
     opt:torch.optim.Optimizer
     scaler:torch.amp.GradScaler
     ema:ModelEmaV3
-    mixer:MixCollate
-    amp:object
+    amp:AmpPolicy
     device:torch.device
     grad_clip:float
     warmup_steps:int
     step:int = 0
 
+    @property
+    def memory_format(self): return torch.channels_last if self.device.type == "cuda" else torch.preserve_format
+
     def apply(self, s:ControlState):
-        "Write the controller's settings for the coming epoch into the optimizer, EMA, model and mixer."
+        "Write the controller's settings for the coming epoch into the optimizer, EMA and model."
         for g in self.opt.param_groups: g["lr"], g["betas"] = s.lr, (s.momentum, g["betas"][1])
         self.ema.decay = s.ema_decay
         self.model.set_drop_path(s.drop_path)
-        self.mixer.phase, self.mixer.p = s.aug_phase, s.mix_prob
 
-    def train_epoch(self, loader, s:ControlState) -> dict:
-        "One pass over `loader`; returns loss, top-1/5 (%), images, and the count of skipped non-finite steps."
-        self.model.train()
-        sums = torch.zeros(5, device=self.device)  # loss·n, top-1 hits, top-5 hits, n, non-finite steps
-        for x, y in loader:
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            x, target = self.mixer.mix(x, y)                                           # B, 3, 64, 64; B, C
-            if self.step < self.warmup_steps:
-                for g in self.opt.param_groups: g["lr"] = s.lr*(self.step + 1)/self.warmup_steps
-            with self.amp.autocast(self.device.type):
-                out = self.model.forward_head(self.model.forward_features(x), return_branches=True)
-                loss = training_loss(out, target, s.label_smoothing, s.aux_weight)
-            self.opt.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.opt)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-            self.scaler.step(self.opt)                                                 # skipped if non-finite
-            self.scaler.update()
-            self.ema.update(self.model)
-            self.step += 1
-            finite = torch.isfinite(loss.detach())
-            sums += torch.cat([torch.where(finite, loss.detach(), 0.)[None]*len(x), topk_correct(out.fused, target.argmax(1)).float(),
-                               torch.tensor([len(x)], device=self.device), (~finite)[None].float()])
-        loss, top1, top5, n, bad = sums.tolist()
+    def backward(self, x:torch.Tensor, target:torch.Tensor, s:ControlState) -> tuple:
+        "Forward and backward of one batch on the device (with the warm-up LR); returns the branches and the loss."
+        if self.step < self.warmup_steps:
+            for g in self.opt.param_groups: g["lr"] = s.lr*(self.step + 1)/self.warmup_steps
+        with self.amp.autocast(self.device.type):
+            out = self.forward(x)                                                      # Branches: B, C logits each
+            loss = training_loss(out, target, s.label_smoothing, s.aux_weight)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        return out, loss
+
+    def update(self):
+        "Clip the gradients, step (skipped, on the device, if they are not finite), update the EMA."
+        self.scaler.unscale_(self.opt)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.ema.update(self.model)
+        self.step += 1
+
+    def train_step(self, x:torch.Tensor, target:torch.Tensor, s:ControlState) -> torch.Tensor:
+        "One step on images `B, 3, 64, 64` and soft targets `B, C`; returns its loss·B, top-1 and top-5 hits and non-finite flag, on the device."
+        x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        target = target.to(self.device, non_blocking=True)
+        out, loss = self.backward(x, target, s)
+        self.update()
+        loss = loss.detach()
+        finite = torch.isfinite(loss)
+        return torch.cat([torch.where(finite, loss*len(x), 0.)[None], topk_correct(out.fused, target.argmax(1)).float(), (~finite)[None].float()])
+
+    def train_epoch(self, batches, s:ControlState) -> dict:
+        "One pass over `batches` of (images, soft targets); returns loss, top-1/5 (%), images, and the count of skipped non-finite steps."
+        self.forward.train()
+        sums, n = torch.zeros(4, device=self.device), 0  # loss·n, top-1 hits, top-5 hits, non-finite steps
+        for x, target in batches:
+            sums += self.train_step(x, target, s)
+            n += len(x)
+        loss, top1, top5, bad, n = epoch_totals(sums, n)
         return dict(loss=loss/n, top1=100*top1/n, top5=100*top5/n, n=int(n), nonfinite=int(bad))
 
 @torch.no_grad()
 def evaluate(model:torch.nn.Module, loader, device:torch.device, amp) -> dict:
-    "Loss, top-1/5 (%) and the mean and std of the backbone's `high_feat` over `loader`."
+    "Loss, top-1/5 (%) and the mean and std of the backbone's `high_feat` over `loader` (and over every process's share, under DDP)."
     model.eval()
-    sums = torch.zeros(6, device=device)  # loss·n, top-1, top-5, n, feat mean·batches, feat std·batches
+    sums, n, batches = torch.zeros(5, device=device), 0, 0  # loss·n, top-1, top-5, feat mean and std summed over batches
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with amp.autocast(device.type): logits = model(x)
-        fm, fs = model.feat_stats                                                        # of high_feat
         sums += torch.cat([F.cross_entropy(logits.float(), y, reduction="sum")[None], topk_correct(logits, y).float(),
-                           torch.tensor([len(x)], device=device), torch.stack([fm, fs]).float().to(device)])
-    loss, top1, top5, n, fm, fs = sums.tolist()
-    batches = math.ceil(n/loader.batch_size)
+                           torch.stack(model.feat_stats).float()])                      # feat_stats: of high_feat
+        n, batches = n + len(x), batches + 1
+    loss, top1, top5, fm, fs, n, batches = epoch_totals(sums, n, batches)
     return dict(loss=loss/n, top1=100*top1/n, top5=100*top5/n, feat_mean=fm/batches, feat_std=fs/batches)
 
-# %% ../nbs/11_train.ipynb 14
+def make_optimizer(model:torch.nn.Module, cfg:TrainConfig, device:torch.device) -> torch.optim.AdamW:
+    "AdamW, fused into one kernel per step where torch has one (CUDA, CPU), otherwise the multi-tensor (foreach) version."
+    fused = device.type in ("cuda", "cpu")
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused, foreach=not fused)
+
+# %% ../nbs/11_train.ipynb 17
 CKPT_FORMAT = "qonstraint-train-v1"
 TIMING_COLUMNS = ("epoch_seconds", "images_per_second", "peak_mem_mb")
 
@@ -233,7 +277,7 @@ def load_checkpoint(path:Path, config:dict|None=None) -> dict:
                                        "Fix: resume with the run's own settings, or use another run_name.")
     return ck
 
-# %% ../nbs/11_train.ipynb 16
+# %% ../nbs/11_train.ipynb 19
 CLASSES_FILE = "classes.json"   # the class ids, names and normalisation that inference needs
 LOG_COLUMNS = ("epoch lr reward confidence momentum ema_decay label_smoothing drop_path aug_phase mix_prob aux_weight "
                "train_loss train_top1 train_top5 val_loss val_top1 val_top5 feat_mean feat_std epoch_seconds "
@@ -279,14 +323,14 @@ def peak_mem_mb(device:torch.device) -> float:
     if device.type == "cuda": return torch.cuda.max_memory_allocated(device)/2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024
 
-# %% ../nbs/11_train.ipynb 18
+# %% ../nbs/11_train.ipynb 21
 def reload_reason(epoch:int, cfg:TrainConfig, val_top1:float, best_top1:float, nonfinite:int) -> str|None:
     "Why the best weights should be reloaded after `epoch`, or None."
     if nonfinite: return f"{nonfinite} non-finite loss step(s)"
     if best_top1 - val_top1 >= cfg.collapse_drop: return f"val top-1 collapsed to {val_top1:.2f} (best {best_top1:.2f})"
     if epoch in {max(1, round(f*cfg.epochs)) for f in cfg.reload_at} and epoch < cfg.epochs: return "scheduled"
 
-# %% ../nbs/11_train.ipynb 22
+# %% ../nbs/11_train.ipynb 25
 def init_from_run(model:Qonstraint, run_dir:Path|str):
     "Load a finished run's final weights into `model`; a new classifier if the class counts differ."
     config = json.loads((Path(run_dir)/"config.json").read_text())
@@ -302,7 +346,7 @@ def freeze_backbone(model:Qonstraint, frozen:bool):
     "Freeze (or unfreeze) everything but the head: the stem, the backbone stages and the fusion block."
     for part in (model.stem, model.backbone, model.fusion): part.requires_grad_(not frozen)
 
-# %% ../nbs/11_train.ipynb 23
+# %% ../nbs/11_train.ipynb 27
 @dataclass
 class Run:
     "A finished (or stopped) run: its folder, per-epoch history and summary."
@@ -310,21 +354,93 @@ class Run:
     history:pd.DataFrame
     summary:dict
 
-def _loader(split, tfm, batch_size:int, shuffle:bool, seed:int, cfg:TrainConfig, device) -> DataLoader:
-    "A DataLoader whose shuffling and workers are seeded by `seed`."
-    return DataLoader(split.dataset(tfm), batch_size=batch_size, shuffle=shuffle, num_workers=cfg.num_workers,
-                      generator=torch.Generator().manual_seed(seed), worker_init_fn=seed_worker,
+def read_run(run_dir:Path) -> Run:
+    "The `Run` that a run folder holds."
+    return Run(Path(run_dir), RunLog(Path(run_dir)/"log.csv").frame(), json.loads((Path(run_dir)/"summary.json").read_text()))
+
+def epoch_order(n:int, seed:int, env:DistEnv=DistEnv()) -> torch.Tensor:
+    "This process's share of a seeded shuffle of `n` indices: every `world`-th, the same count for every process."
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[env.rank : n - n % env.world : env.world]
+
+def _loader(split, tfm, batch_size:int, order:torch.Tensor, seed:int, cfg:TrainConfig, device, collate=None) -> DataLoader:
+    "A DataLoader over the indices `order` of `split`, its workers seeded by `seed`."
+    return DataLoader(split.dataset(tfm), batch_size=batch_size, sampler=order.tolist(), num_workers=cfg.num_workers,
+                      collate_fn=collate, generator=torch.Generator().manual_seed(seed), worker_init_fn=seed_worker,
                       pin_memory=device.type == "cuda")
+
+def device_batches(images:torch.Tensor,   # N, H, W, 3 uint8, on the device
+                   labels:torch.Tensor,   # N class indices, on the device
+                   order:torch.Tensor, batch_size:int, augment:DeviceAugment, mixer:DeviceMix):
+    "Yield batches of `images` in `order`, augmented and mixed on their device: (B, 3, 64, 64) images, (B, C) soft targets."
+    order = order.to(images.device)
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        yield mixer.mix(augment(images[idx]), labels[idx])
 
 def over_budget(elapsed_s:float, last_epoch_s:float, max_minutes:float|None) -> bool:
     "Would another epoch as long as the last one (+20 %) take the run past `max_minutes`?"
     return max_minutes is not None and elapsed_s + 1.2*last_epoch_s > 60*max_minutes
 
+# %% ../nbs/11_train.ipynb 30
+def compile_unavailable(device:torch.device) -> str|None:
+    "Why `torch.compile` cannot run on `device` here, or None if it can."
+    if not torch._dynamo.is_dynamo_supported(): return f"torch.compile does not support Python {sys.version.split()[0]} on this platform"
+    if device.type == "cuda" and not torch.utils._triton.has_triton(): return "Triton is not installed (pip install triton)"
+    if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")): return "no C++ compiler (g++) is installed"
+
+def compile_forward(forward:torch.nn.Module, device:torch.device) -> tuple[torch.nn.Module, bool]:
+    "`torch.compile(forward)` and True, or `forward` and False after a warning that says why it cannot be compiled here."
+    if (why := compile_unavailable(device)) is None: return torch.compile(forward), True
+    warnings.warn(f"compile=True, but {why}: training runs eagerly (same results, slower).", stacklevel=2)
+    return forward, False
+
+# %% ../nbs/11_train.ipynb 33
+def join_processes(cfg:TrainConfig) -> tuple[DistEnv, torch.device]:
+    "This process's `DistEnv` and device; under torchrun, join the process group (NCCL on GPUs, Gloo on the CPU)."
+    env, device = dist_env(), get_device(cfg.device)
+    if env.world != cfg.devices:
+        raise QonstraintError(f"devices={cfg.devices}, but {env.world} process(es) were started. Fix: start one per device "
+                              f"(torchrun --nproc_per_node={cfg.devices} -m qonstraint.train ...), or call fit(cfg), which starts them.")
+    if env.world == 1: return env, device
+    if device.type == "cuda":
+        if torch.cuda.device_count() < env.world:
+            raise QonstraintError(f"devices={env.world}, but this machine has {torch.cuda.device_count()} GPU(s). Fix: devices="
+                                  f"{torch.cuda.device_count()} (on Kaggle, choose the accelerator 'GPU T4 x2' for 2).")
+        device = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized(): torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return env, device
+
+def wrap_ddp(forward:torch.nn.Module, device:torch.device, find_unused:bool=False) -> DistributedDataParallel:
+    "`forward` in DistributedDataParallel on `device`; `find_unused` when some parameters get no gradient."
+    # 1x1 convolutions' gradients may differ from their bucket's strides only in size-1 dimensions: the same memory layout
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    return DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=find_unused)
+
+def gather_rng_states(env:DistEnv):
+    "This process's RNG states, or under DDP a list of every process's, by rank."
+    if env.world == 1: return get_rng_state()
+    states = [None]*env.world
+    torch.distributed.all_gather_object(states, get_rng_state())
+    return states
+
+def memory_advice(cfg:TrainConfig, model_cfg:QonstraintConfig, device:torch.device, amp:AmpPolicy) -> str|None:
+    "On a GPU: a warning when the estimated memory of a step exceeds 90 % of the card's, naming what lowers it."
+    if device.type != "cuda": return None
+    est = estimate_memory(model_cfg, cfg.batch_size//cfg.devices, amp=amp.enabled, checkpoint_stages=cfg.checkpoint_stages)
+    card = torch.cuda.get_device_properties(device).total_memory
+    if est.total <= 0.9*card: return None
+    fixes = (["checkpoint_stages=True"] if not cfg.checkpoint_stages else []) + ["a smaller batch_size", "more devices"]
+    return (f"a step of {cfg.preset} at {cfg.batch_size//cfg.devices} images per GPU is estimated at {est.total/2**30:.1f} GiB, "
+            f"{est.total/card:.0%} of this GPU's {card/2**30:.1f} GiB; it may run out of memory. Options: {', '.join(fixes)}.")
+
+# %% ../nbs/11_train.ipynb 34
 class TrainingRun:
-    "Everything one run holds, from its configuration to its run folder."
+    "Everything one run (one process of it, under DDP) holds, from its configuration to its run folder."
     def __init__(self, cfg:TrainConfig):
         self.cfg, self.t0 = cfg, time.time()
-        self.device = get_device(cfg.device)
+        self.env, self.device = join_processes(cfg)
         self.amp = amp_policy(self.device, cfg.amp)
         seed_everything(cfg.seed)
         start_from = cfg.init_from if cfg.init_from is not None and not cfg.resume else None   # a resumed run has its own weights
@@ -334,38 +450,77 @@ class TrainingRun:
         self.data = d = load_dataset(cfg.dataset, root=cfg.data_dir, seed=cfg.seed, download=cfg.download)
         self.model = Qonstraint(cfg.model_config(d.num_classes))
         if start_from is not None: init_from_run(self.model, start_from)
-        self.model.to(self.device)
+        self.model.set_grad_checkpointing(cfg.checkpoint_stages)
+        if self.env.main and (advice := memory_advice(cfg, self.model.cfg, self.device, self.amp)): warnings.warn(advice, stacklevel=2)
+        if self.env.world > 1: seed_everything(cfg.seed + 1_000_003*self.env.rank)  # each process draws its own augmentations
         self.ctrl = ConfidenceController(cfg.epochs, base_lr=cfg.lr, min_lr=cfg.min_lr, max_lr=cfg.max_lr,
                                          warmup_epochs=max(1, cfg.warmup_epochs), **cfg.controller)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-        self.trainer = Trainer(self.model, self.opt, self.amp.make_scaler(self.device.type),
-                               ModelEmaV3(self.model, decay=self.ctrl.state.ema_decay), MixCollate(d.num_classes, modes=cfg.mix_modes),
-                               self.amp, self.device, cfg.grad_clip, cfg.warmup_epochs*math.ceil(len(d.train)/cfg.batch_size))
+        self.trainer = self.make_trainer()
         self.swa, self.best, self.log, self.dir = None, dict(val_top1=-1.0, val_top5=0.0, epoch=0), RunLog(cfg.run_dir/"log.csv"), cfg.run_dir
         self.swa_epoch = max(1, math.ceil(cfg.swa_start*cfg.epochs))
         self.eval_tfm = val_transform(d.mean, d.std)
         self.val_loader = self.eval_loader(d.val)
+        if cfg.data_on_device:   # the uint8 train split, once: N, 64, 64, 3 and N
+            self.train_images, self.train_labels = (torch.from_numpy(a).to(self.device) for a in (d.train.images, d.train.labels))
 
-    def eval_loader(self, split): return _loader(split, self.eval_tfm, self.cfg.eval_batch_size, False, 0, self.cfg, self.device)
+    def make_trainer(self) -> Trainer:
+        "The model on its device (channels_last on CUDA), its training forward (DDP, compiled), AdamW, scaler and EMA."
+        cfg, model = self.cfg, self.model.to(self.device)
+        trainer = Trainer(model, TrainForward(model), make_optimizer(model, cfg, self.device), self.amp.make_scaler(self.device.type),
+                          ModelEmaV3(model, decay=self.ctrl.state.ema_decay), self.amp, self.device, cfg.grad_clip,
+                          cfg.warmup_epochs*math.ceil(len(self.data.train)//self.env.world/(cfg.batch_size//self.env.world)))
+        model.to(memory_format=trainer.memory_format)
+        if self.env.world > 1: trainer.forward = wrap_ddp(trainer.forward, self.device, find_unused=cfg.freeze_epochs > 0)  # frozen parts get no gradient
+        self.compiled = False
+        if cfg.compile: trainer.forward, self.compiled = compile_forward(trainer.forward, self.device)
+        return trainer
+
+    def eval_loader(self, split, shard:bool=True):
+        "Evaluation batches of `split`: this process's share of it under DDP (`shard`), else all of it."
+        env = self.env if shard else DistEnv()
+        return _loader(split, self.eval_tfm, -(-self.cfg.eval_batch_size//env.world), torch.arange(env.rank, len(split), env.world),
+                       0, self.cfg, self.device)
+
+    def batches(self, epoch:int, s:ControlState):
+        "The epoch's training batches of (images, soft targets), augmented and mixed as `s` says."
+        cfg, d, env = self.cfg, self.data, self.env
+        seed, batch_size = cfg.seed*100_003 + epoch, cfg.batch_size//env.world
+        order, mix = epoch_order(len(d.train), seed, env), dict(p=s.mix_prob, modes=cfg.mix_modes, phase=s.aug_phase)
+        if cfg.data_on_device:
+            return device_batches(self.train_images, self.train_labels, order, batch_size,
+                                  DeviceAugment(cfg.aug, s.aug_phase, d.mean, d.std, cfg.randaugment), DeviceMix(d.num_classes, **mix))
+        return _loader(d.train, train_transform(cfg.aug, s.aug_phase, d.mean, d.std, cfg.randaugment), batch_size, order,
+                       seed + 1_000_003*env.rank, cfg, self.device, MixCollate(d.num_classes, **mix))
 
     def start(self) -> int:
         "Create the run folder and its config.json (never over an existing run); return the first epoch."
         if (self.dir/"log.csv").exists() or (self.dir/"last.pt").exists():
             raise QonstraintError(f"run folder {self.dir} already holds a run. Fix: resume=True to continue it, or another run_name.")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.dir/"config.json", asdict(self.cfg) | dict(
-            qonstraint_version=qonstraint.__version__, torch_version=torch.__version__, device=str(self.device),
-            amp_dtype=str(self.amp.dtype), git_commit=git_commit(), params=sum(p.numel() for p in self.model.parameters()),
-            data=self.data.info()))
-        write_json(self.dir/CLASSES_FILE, class_info(self.data))
+        barrier()                             # every process has looked before rank 0 writes
+        if self.env.main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.dir/"config.json", asdict(self.cfg) | dict(
+                qonstraint_version=qonstraint.__version__, torch_version=torch.__version__, device=str(self.device),
+                amp_dtype=str(self.amp.dtype), compiled=self.compiled, git_commit=git_commit(),
+                params=sum(p.numel() for p in self.model.parameters()), data=self.data.info()))
+            write_json(self.dir/CLASSES_FILE, class_info(self.data))
         return 1
 
     def state(self, epoch:int) -> dict:
-        "The whole training state after `epoch`, for a checkpoint."
+        "The whole training state after `epoch`, for a checkpoint (under DDP, every process must call it)."
         t = self.trainer
         return dict(config=asdict(self.cfg), epoch=epoch, step=t.step, best=self.best, model=self.model.state_dict(),
                     optimizer=self.opt.state_dict(), scaler=t.scaler.state_dict(), ema=t.ema.state_dict(),
-                    swa=None if self.swa is None else self.swa.state_dict(), controller=self.ctrl.state_dict(), rng=get_rng_state())
+                    swa=None if self.swa is None else self.swa.state_dict(), controller=self.ctrl.state_dict(),
+                    rng=gather_rng_states(self.env))
+
+    @property
+    def opt(self): return self.trainer.opt
+
+    def save(self, name:str, epoch:int):
+        "Checkpoint the training state as `name` in the run folder (rank 0 writes)."
+        state = self.state(epoch)
+        if self.env.main: save_checkpoint(self.dir/name, **state)
 
     def resume(self) -> int:
         "Restore everything from last.pt; return the first epoch still to train."
@@ -374,23 +529,24 @@ class TrainingRun:
         t.scaler.load_state_dict(ck["scaler"]); t.ema.load_state_dict(ck["ema"]); self.ctrl.load_state_dict(ck["controller"])
         if ck["swa"] is not None: self.swa = AveragedModel(self.model); self.swa.load_state_dict(ck["swa"])
         t.step, self.best = ck["step"], ck["best"]
-        self.log.truncate(ck["epoch"])        # rows written after the checkpoint are trained again
-        set_rng_state(ck["rng"])
-        print(f"resuming {self.dir} after epoch {ck['epoch']}", flush=True)
+        if self.env.main:
+            self.log.truncate(ck["epoch"])    # rows written after the checkpoint are trained again
+            print(f"resuming {self.dir} after epoch {ck['epoch']}", flush=True)
+        set_rng_state(ck["rng"][self.env.rank] if isinstance(ck["rng"], list) else ck["rng"])
         return ck["epoch"] + 1
 
     def out_of_time(self, last_epoch_s:float) -> bool:
-        "Would one more epoch overrun `max_minutes`?"
-        return over_budget(time.time() - self.t0, last_epoch_s, self.cfg.max_minutes)
+        "Would one more epoch overrun `max_minutes`? (Under DDP rank 0's clock decides for every process.)"
+        late = over_budget(time.time() - self.t0, last_epoch_s, self.cfg.max_minutes)
+        if self.env.world == 1: return late
+        return reduce_sum(torch.tensor([float(late and self.env.main)], device=self.device)).item() > 0
 
     def train_one(self, epoch:int) -> tuple[dict, bool, bool]:
         "Train and evaluate `epoch` and let the controller respond; return its log row, and whether it is a new best and needs a reload."
-        cfg, d, s, te = self.cfg, self.data, self.ctrl.state, time.time()
+        cfg, s, te = self.cfg, self.ctrl.state, time.time()
         self.trainer.apply(s)
         freeze_backbone(self.model, epoch <= cfg.freeze_epochs)
-        seed = cfg.seed*100_003 + epoch
-        t = self.trainer.train_epoch(_loader(d.train, train_transform(cfg.aug, s.aug_phase, d.mean, d.std, cfg.randaugment),
-                                             cfg.batch_size, True, seed, cfg, self.device), s)
+        t = self.trainer.train_epoch(self.batches(epoch, s), s)
         v = evaluate(self.model, self.val_loader, self.device, self.amp)
         events = ["phase2"] if s.aug_phase == 2 and epoch > 1 and aug_phase(epoch - 2, cfg.epochs) == 1 else []
         if epoch >= self.swa_epoch:
@@ -403,7 +559,7 @@ class TrainingRun:
         reload = why is not None and self.best["epoch"] > 0 and not new_best
         if reload:
             events.append("reload")
-            print(f"epoch {epoch}: reloading the best weights (epoch {self.best['epoch']}): {why}", flush=True)
+            if self.env.main: print(f"epoch {epoch}: reloading the best weights (epoch {self.best['epoch']}): {why}", flush=True)
         secs = time.time() - te
         row = dict(epoch=epoch, lr=s.lr, reward=new.reward, confidence=new.confidence, momentum=new.momentum,
                    ema_decay=new.ema_decay, label_smoothing=s.label_smoothing, drop_path=s.drop_path,
@@ -416,29 +572,34 @@ class TrainingRun:
 
     def record(self, row:dict, new_best:bool, reload:bool):
         "Log the epoch; checkpoint a new best; reload the best weights if asked; then write last.pt."
-        self.log.append(row)
+        if self.env.main: self.log.append(row)
         if new_best:
             self.best = dict(val_top1=row["val_top1"], val_top5=row["val_top5"], epoch=row["epoch"])
-            save_checkpoint(self.dir/"best.pt", **self.state(row["epoch"]))
-        if reload: self.model.load_state_dict(load_checkpoint(self.dir/"best.pt")["model"])
-        save_checkpoint(self.dir/"last.pt", **self.state(row["epoch"]))
-        print(f"epoch {row['epoch']}/{self.cfg.epochs}  train loss {row['train_loss']:.3f} top1 {row['train_top1']:.2f}  "
-              f"val loss {row['val_loss']:.3f} top1 {row['val_top1']:.2f} top5 {row['val_top5']:.2f}  lr {row['lr']:.2e}  "
-              f"conf {row['confidence']:.3f}  {row['event']}  {row['epoch_seconds']:.1f}s", flush=True)
+            self.save("best.pt", row["epoch"])
+        if reload:
+            barrier()                         # best.pt is on disk for every process
+            self.model.load_state_dict(load_checkpoint(self.dir/"best.pt")["model"])
+        self.save("last.pt", row["epoch"])
+        if self.env.main:
+            print(f"epoch {row['epoch']}/{self.cfg.epochs}  train loss {row['train_loss']:.3f} top1 {row['train_top1']:.2f}  "
+                  f"val loss {row['val_loss']:.3f} top1 {row['val_top1']:.2f} top5 {row['val_top5']:.2f}  lr {row['lr']:.2e}  "
+                  f"conf {row['confidence']:.3f}  {row['event']}  {row['epoch_seconds']:.1f}s", flush=True)
 
     def final_evaluation(self) -> dict:
         "Best-checkpoint, EMA and SWA weights on val and test; the best by val top-1 becomes model.safetensors."
         weights = {"best": self.model, "ema": self.trainer.ema.module}
+        barrier()
         self.model.load_state_dict(load_checkpoint(self.dir/"best.pt")["model"])
-        if self.swa is not None:
-            update_bn((x.to(self.device) for x, _ in self.eval_loader(self.data.train)), self.swa)  # SWA's BatchNorm statistics
+        if self.swa is not None:   # SWA's BatchNorm statistics, from the whole train split in every process
+            update_bn((x.to(self.device) for x, _ in self.eval_loader(self.data.train, shard=False)), self.swa)
             weights["swa"] = self.swa.module
         test_loader = self.eval_loader(self.data.test)
         results = {k: dict(val=evaluate(m, self.val_loader, self.device, self.amp), test=evaluate(m, test_loader, self.device, self.amp))
                    for k, m in weights.items()}
         chosen = max(results, key=lambda k: results[k]["val"]["top1"])
-        tensors = {k: v.detach().cpu().clone() for k, v in weights[chosen].state_dict().items()}
-        with atomic_write(self.dir/"model.safetensors") as f: f.write(safetensors_save(tensors, metadata={"weights": chosen}))
+        if self.env.main:
+            tensors = {k: v.detach().cpu().clone() for k, v in weights[chosen].state_dict().items()}
+            with atomic_write(self.dir/"model.safetensors") as f: f.write(safetensors_save(tensors, metadata={"weights": chosen}))
         return dict(final={k: {split: {m: round(x, 4) for m, x in r.items()} for split, r in v.items()} for k, v in results.items()},
                     final_weights=chosen)
 
@@ -449,20 +610,94 @@ class TrainingRun:
                        params=sum(p.numel() for p in self.model.parameters()), total_seconds=round(time.time() - self.t0, 1),
                        peak_val_top1=self.best["val_top1"], peak_val_top5=self.best["val_top5"], peak_epoch=self.best["epoch"])
         if status == "finished" and len(history): summary |= self.final_evaluation()
-        write_json(self.dir/"summary.json", summary)
+        if self.env.main: write_json(self.dir/"summary.json", summary)
         return Run(self.dir, history, summary)
 
-# %% ../nbs/11_train.ipynb 24
+# %% ../nbs/11_train.ipynb 35
 def fit(cfg:TrainConfig) -> Run:
     "Train one run as `cfg` says (or continue it, with `resume=True`); return its folder, history and summary."
+    if cfg.devices > 1 and dist_env().world == 1: return launch(cfg)
     run = TrainingRun(cfg)
     status, last_epoch_s = "finished", 0.0
     for epoch in range(run.resume() if cfg.resume else run.start(), cfg.epochs + 1):
         if run.out_of_time(last_epoch_s):
             status = "interrupted"
-            print(f"stopping before epoch {epoch}: max_minutes={cfg.max_minutes} would run out; resume=True continues", flush=True)
+            if run.env.main: print(f"stopping before epoch {epoch}: max_minutes={cfg.max_minutes} would run out; resume=True continues", flush=True)
             break
         row, new_best, reload = run.train_one(epoch)
         run.record(row, new_best, reload)
         last_epoch_s = row["epoch_seconds"]
-    return run.finish(status)
+    result = run.finish(status)
+    if run.env.world > 1: torch.distributed.destroy_process_group()
+    return result
+
+def launch(cfg:TrainConfig) -> Run:
+    "Train `cfg` in `cfg.devices` processes that torchrun starts (from a notebook too); stream their output; return the `Run`."
+    if get_device(cfg.device).type == "cuda" and torch.cuda.device_count() < cfg.devices: join_processes(cfg)  # raises: too few GPUs
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f: json.dump(asdict(cfg), f)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.devices}", "-m", "qonstraint.train", "--config", f.name]
+    tail, errors = collections.deque(maxlen=20), []
+    try:
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+            try:
+                for line in proc.stdout:
+                    print(line, end="", flush=True); tail.append(line)
+                    if (err := re.search(r"QonstraintError: (.*)", line)) and err[1] not in errors: errors.append(err[1])   # "[rank1]: ...Error: ..."
+            except BaseException: proc.terminate(); raise    # an interrupted notebook stops the processes too
+    finally: os.unlink(f.name)
+    if proc.returncode:
+        raise QonstraintError(f"the {cfg.devices}-process run failed (torchrun exit status {proc.returncode}): "
+                              + ("; ".join(errors) if errors else "its last output:\n" + "".join(tail)))
+    return read_run(cfg.run_dir)
+
+def main(argv:list[str]|None=None):
+    "`python -m qonstraint.train [--config FILE] [field=value ...]`: train one run; torchrun starts one such process per GPU."
+    p = argparse.ArgumentParser(prog="python -m qonstraint.train", description="Train Qonstraint (see TrainConfig for the fields).")
+    p.add_argument("--config", help="a JSON file of TrainConfig fields, such as a run's config.json")
+    p.add_argument("settings", nargs="*", metavar="field=value", help="TrainConfig fields; a value is JSON (3, true, [2, 3, 5]) or a string")
+    args, names = p.parse_args(argv), {f.name for f in fields(TrainConfig)}
+    d = json.loads(Path(args.config).read_text()) if args.config else {}
+    for setting in args.settings:
+        k, eq, v = setting.partition("=")
+        if not eq or k not in names: p.error(f"{setting!r} is not field=value with a TrainConfig field; fields: {', '.join(sorted(names))}")
+        try: d[k] = json.loads(v)
+        except json.JSONDecodeError: d[k] = v
+    fit(TrainConfig.from_dict(d))
+
+# %% ../nbs/11_train.ipynb 37
+def _step_gradients(forward:torch.nn.Module, model:Qonstraint, x:torch.Tensor, target:torch.Tensor) -> dict:
+    "The gradients of one `Trainer.backward` on the CPU, with the model in eval mode (no DropPath, BatchNorm on running statistics)."
+    cpu, amp = torch.device("cpu"), amp_policy("cpu")
+    trainer = Trainer(model, forward, make_optimizer(model, TrainConfig(), cpu), amp.make_scaler("cpu"), ModelEmaV3(model), amp, cpu, 1.0, 0)
+    model.eval()
+    trainer.backward(x, target, ConfidenceController(1).state)
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+def _ddp_grad_worker(rank:int, world:int, port:int, folder:str):
+    "One process of `ddp_grad_check`: the gradients of its share of the batch under DDP; rank 0 saves them."
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    d = torch.load(f"{folder}/batch.pt", weights_only=True)
+    model = Qonstraint(TrainConfig(preset=d["preset"]).model_config(d["target"].shape[1]))
+    model.load_state_dict(d["model"])
+    share = slice(rank*len(d["x"])//world, (rank + 1)*len(d["x"])//world)
+    grads = _step_gradients(wrap_ddp(TrainForward(model), torch.device("cpu")), model, d["x"][share], d["target"][share])
+    if rank == 0: torch.save(grads, f"{folder}/grads.pt")
+    torch.distributed.destroy_process_group()
+
+def ddp_grad_check(world:int=2, preset:str="tiny", batch_size:int=8, num_classes:int=10, seed:int=0) -> float:
+    "Largest relative difference between the gradients of one step in `world` DDP processes and in one process, on one global batch."
+    torch.manual_seed(seed)
+    model = Qonstraint(TrainConfig(preset=preset).model_config(num_classes))
+    x, target = torch.randn(batch_size, 3, 64, 64), F.one_hot(torch.randint(0, num_classes, (batch_size,)), num_classes).float()
+    with tempfile.TemporaryDirectory() as folder, socket.socket() as sock:
+        torch.save(dict(model=model.state_dict(), x=x, target=target, preset=preset), f"{folder}/batch.pt")
+        sock.bind(("127.0.0.1", 0)); port = sock.getsockname()[1]; sock.close()
+        torch.multiprocessing.start_processes(_ddp_grad_worker, args=(world, port, folder), nprocs=world, start_method="spawn")
+        ddp = torch.load(f"{folder}/grads.pt", weights_only=True)
+    single = _step_gradients(TrainForward(model), model, x, target)
+    if set(ddp) != set(single): raise QonstraintError(f"DDP left gradients out: {sorted(set(single) - set(ddp))}")
+    return max((ddp[k] - g).abs().max().item() for k, g in single.items())/max(g.abs().max().item() for g in single.values())
+
+# %% ../nbs/11_train.ipynb 39
+#| eval: false
+if __name__ == "__main__" and not IN_NOTEBOOK: main()   # `python -m qonstraint.train`; not when a notebook runs this cell

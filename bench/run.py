@@ -1,0 +1,158 @@
+"""Speed benchmarks of qonstraint's training path, measured side by side in one run.
+
+    python bench/run.py          # a few minutes on 2 CPU cores
+    python bench/run.py --full   # larger batches and more repeats
+
+Prints a table, the machine it ran on, and as its last line one JSON object of the headline numbers:
+aug_per_sample_img_s, aug_batched_img_s, aug_speedup, loop_overhead, host_syncs_per_step, compile_speedup
+(null with compile_error when torch.compile cannot run), ddp_grad_max_rel_diff, mem_est_5_9_b256_gb, and
+the projection of a TinyImageNet epoch on Kaggle's GPUs (a projection from the model's MACs, not a measurement).
+"""
+from __future__ import annotations
+import argparse, json, os, platform, statistics, tempfile, time, warnings
+
+import torch
+import torch.nn.functional as F
+
+from qonstraint.augment import train_transform
+from qonstraint.collate import MixCollate
+from qonstraint.core import count_host_syncs
+from qonstraint.data import load_dataset
+from qonstraint.device_augment import DeviceAugment, DeviceMix
+from qonstraint.model import count_macs, estimate_memory
+from qonstraint.train import TrainConfig, TrainingRun, compile_unavailable, ddp_grad_check
+
+TRAIN_IMAGES, VAL_IMAGES = 80_000, 20_000        # TinyImageNet with the paper's 80/20 split of the official train set
+GPUS = {  # peak dense throughput, TFLOP/s (vendor data sheets)
+    "P100 (fp32; no tensor cores)": (9.3, 1),
+    "T4 x2 (fp16 tensor cores)": (65.0, 2),
+}
+PAPER_P100_EPOCH_S = 333                           # the paper's measured epoch time of 5.9 on a P100 (IV.A.5)
+
+
+def machine() -> dict:
+    "What this benchmark ran on."
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor()) \
+        if os.path.exists("/proc/cpuinfo") else platform.processor()
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    return dict(cpu=cpu, cores=os.cpu_count(), gpu=gpu, python=platform.python_version(), torch=torch.__version__)
+
+
+def median_time(fn, repeat:int, warmup:int=2) -> float:
+    "Median wall-clock seconds of `fn()` over `repeat` calls, after `warmup` calls."
+    for _ in range(warmup): fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bench_augmentation(batch:int, repeat:int) -> dict:
+    "MID phase 2 with CutMix/MixUp: torchvision per sample in a loop vs the batched path, one CPU thread each, images/s."
+    d = load_dataset("digits")
+    images, labels = d.train.images[:batch], torch.from_numpy(d.train.labels[:batch])
+    tfm, mix = train_transform("mid", 2, d.mean, d.std), MixCollate(d.num_classes, phase=2)
+    aug, dmix = DeviceAugment("mid", 2, d.mean, d.std), DeviceMix(d.num_classes, phase=2)
+    uint8 = torch.from_numpy(images)
+    per_sample = median_time(lambda: mix.mix(torch.stack([tfm(im) for im in images]), labels), repeat)
+    batched = median_time(lambda: dmix.mix(aug(uint8), labels), repeat)
+    return dict(aug_per_sample_img_s=batch/per_sample, aug_batched_img_s=batch/batched, aug_speedup=per_sample/batched)
+
+
+def tiny_run(folder:str, **overrides) -> TrainingRun:
+    "The `TrainingRun` that `fit` builds for the tiny preset on digits, on the CPU."
+    return TrainingRun(TrainConfig(dataset="digits", preset="tiny", stem="aggressive", device="cpu", num_workers=0,
+                                   out_dir=folder, **overrides))
+
+
+def bench_loop(batch:int, repeat:int, folder:str) -> dict:
+    """`fit`'s training step (all branches, hardness-weighted loss, scaler, clipping, EMA, metrics) against a bare
+    forward/cross-entropy/backward/AdamW loop on the same model and batch; and the host reads in one step."""
+    run = tiny_run(folder, batch_size=batch)
+    trainer, s = run.trainer, run.ctrl.state
+    trainer.apply(s)
+    trainer.forward.train()
+    x, y = torch.randn(batch, 3, 64, 64), torch.randint(0, 10, (batch,))
+    target = F.one_hot(y, 10).float()
+    model = trainer.model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)   # the same AdamW kernel as fit's: the ratio is the loop's own cost
+    def bare():
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+    fit_step = lambda: trainer.train_step(x, target, s)
+    pairs = [(median_time(fit_step, 3, 1), median_time(bare, 3, 1)) for _ in range(repeat)]   # interleaved against drift
+    t_fit, t_bare = (statistics.median(p[i] for p in pairs) for i in (0, 1))
+    overhead = statistics.median(f/b for f, b in pairs)    # the ratio within each round, then its median
+    t_update, t_opt = median_time(trainer.update, 9), median_time(trainer.opt.step, 9)   # the step's fixed part: scaler, clipping, EMA
+    with count_host_syncs() as step_reads: trainer.train_step(x, target, s)
+    dev = tiny_run(folder, batch_size=batch, data_on_device=True)
+    batches = dev.batches(1, dev.ctrl.state)
+    with count_host_syncs() as device_reads: dev.trainer.train_step(*next(batches), dev.ctrl.state)
+    return dict(loop_overhead=overhead, fit_step_ms=1e3*t_fit, bare_step_ms=1e3*t_bare, update_ms=1e3*t_update, adamw_step_ms=1e3*t_opt,
+                host_syncs_per_step=len(step_reads), host_syncs_device_batch_and_step=len(device_reads))
+
+
+def bench_compile(batch:int, repeat:int, folder:str) -> dict:
+    "CPU step time, eager / compiled (`compile=True`), after compilation."
+    if (why := compile_unavailable(torch.device("cpu"))) is not None: return dict(compile_speedup=None, compile_error=why)
+    x, target = torch.randn(batch, 3, 64, 64), F.one_hot(torch.randint(0, 10, (batch,)), 10).float()
+    times = {}
+    try:
+        for compiled in (False, True):
+            run = tiny_run(folder, batch_size=batch, compile=compiled)
+            run.trainer.forward.train()
+            t = time.perf_counter(); run.trainer.train_step(x, target, run.ctrl.state); first = time.perf_counter() - t
+            times[compiled] = median_time(lambda: run.trainer.train_step(x, target, run.ctrl.state), repeat)
+        return dict(compile_speedup=times[False]/times[True], compile_first_step_s=first)
+    except Exception as e:   # a compiler failure is a result to report, not a crash of the whole benchmark
+        return dict(compile_speedup=None, compile_error=f"{type(e).__name__}: {str(e)[:200]}")
+
+
+def projection() -> dict:
+    "Epoch time of Qonstraint 5.9 on TinyImageNet from its MACs: a projection at stated utilisations, not a measurement."
+    macs = count_macs("qonstraint_5_9")
+    flops = TRAIN_IMAGES*6*macs + VAL_IMAGES*2*macs    # training ≈ 3 × (2 FLOPs per MAC) forward; validation forward only
+    implied = flops/PAPER_P100_EPOCH_S/(GPUS["P100 (fp32; no tensor cores)"][0]*1e12)
+    rows = {f"{gpu} at {u:.0%} of peak": flops/(peak*1e12*u*n) for gpu, (peak, n) in GPUS.items() for u in (0.1, 0.25, 0.5)}
+    return dict(macs_5_9=macs, epoch_tflop=flops/1e12, paper_p100_utilisation=implied, projected_epoch_s=rows)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--full", action="store_true", help="larger batches and more repeats")
+    full = p.parse_args().full
+    torch.set_num_threads(1)    # one CPU thread for every side of every ratio
+    warnings.filterwarnings("ignore")
+    r, t0 = {}, time.time()
+    with tempfile.TemporaryDirectory() as folder:
+        r |= bench_augmentation(256, 7 if full else 3)
+        r |= bench_loop(64, 15 if full else 9, folder)
+        r["loop_overhead_b32"] = bench_loop(32, 15 if full else 9, folder)["loop_overhead"]
+        r |= bench_compile(64 if full else 32, 10 if full else 5, folder)
+    r["ddp_grad_max_rel_diff"] = ddp_grad_check(world=2)
+    r["mem_est_5_9_b256_gb"] = estimate_memory("qonstraint_5_9", 256).total/2**30
+    r["mem_est_5_9_b256_checkpointed_gb"] = estimate_memory("qonstraint_5_9", 256, checkpoint_stages=True).total/2**30
+    r |= projection()
+    r["machine"], r["seconds"] = machine(), round(time.time() - t0, 1)
+
+    rows = [("augmentation, per sample (torchvision loop)", f"{r['aug_per_sample_img_s']:.0f} img/s", "MID phase 2 + CutMix/MixUp, batch 256, 1 thread"),
+            ("augmentation, batched (data_on_device path)", f"{r['aug_batched_img_s']:.0f} img/s", f"speed-up {r['aug_speedup']:.2f}x (target >= 2)"),
+            ("fit step / bare loop, batch 64", f"{r['loop_overhead']:.3f}", f"{r['fit_step_ms']:.1f} vs {r['bare_step_ms']:.1f} ms, tiny (target <= 1.05)"),
+            ("fit step / bare loop, batch 32", f"{r['loop_overhead_b32']:.3f}", "the same fixed cost per step over half the work"),
+            ("fit's update: scaler + clip + AdamW + EMA", f"{r['update_ms']:.1f} ms", f"AdamW alone {r['adamw_step_ms']:.1f} ms; per step, whatever the batch"),
+            ("host reads in one step", str(r["host_syncs_per_step"]), f"{r['host_syncs_device_batch_and_step']} with the on-device batch (target <= 1)"),
+            ("compile speed-up (CPU)", "n/a" if r["compile_speedup"] is None else f"{r['compile_speedup']:.2f}x",
+             r.get("compile_error") or f"first step {r['compile_first_step_s']:.0f} s (compiling)"),
+            ("DDP vs 1 process, gradients", f"{r['ddp_grad_max_rel_diff']:.1e}", "max relative difference, 2 Gloo processes (target <= 1e-5)"),
+            ("memory estimate, 5.9 at batch 256", f"{r['mem_est_5_9_b256_gb']:.2f} GiB", f"{r['mem_est_5_9_b256_checkpointed_gb']:.2f} GiB with checkpoint_stages")]
+    rows += [(f"PROJECTION: epoch on {k}", f"{v:.0f} s", "from MACs, not measured") for k, v in r["projected_epoch_s"].items()]
+    w = max(len(a) for a, _, _ in rows)
+    print(f"machine: {r['machine']['cpu']}, {r['machine']['cores']} cores, GPU {r['machine']['gpu']}, "
+          f"Python {r['machine']['python']}, torch {r['machine']['torch']}; {r['seconds']} s")
+    print(f"5.9: {r['macs_5_9']/1e9:.2f} GMAC per image; an epoch is {r['epoch_tflop']:.0f} TFLOP; the paper's 333 s on a P100 "
+          f"is {r['paper_p100_utilisation']:.0%} of its fp32 peak")
+    for a, b, c in rows: print(f"{a:<{w}}  {b:>12}  {c}")
+    print(json.dumps(r))
+
+
+if __name__ == "__main__": main()
