@@ -6,7 +6,6 @@
 from __future__ import annotations
 import math
 from itertools import product
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -312,7 +311,7 @@ class DeviceMix(MixCollate):
            ) -> tuple[torch.Tensor, torch.Tensor]: # images B, C, H, W; soft labels B, num_classes
         "Mix each image with the one before it, with probability `prob`; labels come back soft."
         _check_shapes(images, labels, "augment uint8 images first with DeviceAugment")
-        (B, C, H, W), dev = images.shape, images.device
+        (B, _, H, W), dev = images.shape, images.device
         mixed = torch.rand(B, device=dev) < self.prob
         cut = mixed & (torch.randint(len(self.modes), (B,), device=dev) == (self.modes.index("cutmix") if "cutmix" in self.modes else -1))
         lam = {m: _beta(self.mixers[m].alpha, B, dev) for m in MIX_MODES}

@@ -35,8 +35,9 @@ __all__ = ['CKPT_FORMAT', 'TIMING_COLUMNS', 'CLASSES_FILE', 'LOG_COLUMNS', 'Trai
            'hardness_weights', 'training_loss', 'topk_correct', 'epoch_totals', 'TrainForward', 'Trainer', 'evaluate',
            'make_optimizer', 'save_checkpoint', 'load_checkpoint', 'git_commit', 'write_json', 'RunLog', 'class_info',
            'peak_mem_mb', 'reload_reason', 'init_from_run', 'freeze_backbone', 'Run', 'read_run', 'epoch_order',
-           'device_batches', 'over_budget', 'compile_unavailable', 'compile_forward', 'join_processes', 'wrap_ddp',
-           'gather_rng_states', 'memory_advice', 'TrainingRun', 'fit', 'launch', 'main', 'ddp_grad_check']
+           'device_batches', 'over_budget', 'compile_unavailable', 'compile_forward', 'check_gpu_count',
+           'join_processes', 'wrap_ddp', 'gather_rng_states', 'memory_advice', 'TrainingRun', 'fit', 'launch', 'main',
+           'ddp_grad_check']
 
 # %% ../nbs/11_train.ipynb 5
 @dataclass
@@ -396,6 +397,12 @@ def compile_forward(forward:torch.nn.Module, device:torch.device) -> tuple[torch
     return forward, False
 
 # %% ../nbs/11_train.ipynb 33
+def check_gpu_count(devices:int):
+    "Fail unless this machine has at least `devices` GPUs."
+    if torch.cuda.device_count() < devices:
+        raise QonstraintError(f"devices={devices}, but this machine has {torch.cuda.device_count()} GPU(s). Fix: devices="
+                              f"{max(1, torch.cuda.device_count())} (on Kaggle, choose the accelerator 'GPU T4 x2' for 2).")
+
 def join_processes(cfg:TrainConfig) -> tuple[DistEnv, torch.device]:
     "This process's `DistEnv` and device; under torchrun, join the process group (NCCL on GPUs, Gloo on the CPU)."
     env, device = dist_env(), get_device(cfg.device)
@@ -404,9 +411,7 @@ def join_processes(cfg:TrainConfig) -> tuple[DistEnv, torch.device]:
                               f"(torchrun --nproc_per_node={cfg.devices} -m qonstraint.train ...), or call fit(cfg), which starts them.")
     if env.world == 1: return env, device
     if device.type == "cuda":
-        if torch.cuda.device_count() < env.world:
-            raise QonstraintError(f"devices={env.world}, but this machine has {torch.cuda.device_count()} GPU(s). Fix: devices="
-                                  f"{torch.cuda.device_count()} (on Kaggle, choose the accelerator 'GPU T4 x2' for 2).")
+        check_gpu_count(env.world)
         device = torch.device("cuda", env.local_rank)
         torch.cuda.set_device(device)
     if not torch.distributed.is_initialized(): torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -633,7 +638,7 @@ def fit(cfg:TrainConfig) -> Run:
 
 def launch(cfg:TrainConfig) -> Run:
     "Train `cfg` in `cfg.devices` processes that torchrun starts (from a notebook too); stream their output; return the `Run`."
-    if get_device(cfg.device).type == "cuda" and torch.cuda.device_count() < cfg.devices: join_processes(cfg)  # raises: too few GPUs
+    if get_device(cfg.device).type == "cuda": check_gpu_count(cfg.devices)     # before any process starts
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f: json.dump(asdict(cfg), f)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.devices}", "-m", "qonstraint.train", "--config", f.name]
     tail, errors = collections.deque(maxlen=20), []
