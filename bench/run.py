@@ -9,18 +9,21 @@ aug_per_sample_img_s, aug_batched_img_s, aug_speedup, loop_overhead, host_syncs_
 the projection of a TinyImageNet epoch on Kaggle's GPUs (a projection from the model's MACs, not a measurement).
 """
 from __future__ import annotations
-import argparse, json, os, platform, statistics, tempfile, time, warnings
+import argparse, json, os, platform, statistics, time, warnings
 
 import torch
 import torch.nn.functional as F
 
 from qonstraint.augment import train_transform
 from qonstraint.collate import MixCollate
-from qonstraint.core import count_host_syncs
+from qonstraint.controller import ConfidenceController, ControllerConfig, mix_prob_at
+from qonstraint.core import amp_policy
 from qonstraint.data import load_dataset
-from qonstraint.device_augment import DeviceAugment, DeviceMix
-from qonstraint.model import count_macs, estimate_memory
-from qonstraint.train import TrainConfig, TrainingRun, compile_unavailable, ddp_grad_check
+from qonstraint.device_augment import DeviceAugment, DeviceMix, device_batches
+from qonstraint.model import Qonstraint, count_macs, estimate_memory
+from qonstraint.runfolder import preset_network
+from qonstraint.step import build_trainer, compile_forward, compile_unavailable, ddp_grad_check
+from qonstraint.testing import count_host_syncs
 
 TRAIN_IMAGES, VAL_IMAGES = 80_000, 20_000        # TinyImageNet with the paper's 80/20 split of the official train set
 GPUS = {  # peak dense throughput, TFLOP/s (vendor data sheets)
@@ -51,25 +54,29 @@ def bench_augmentation(batch:int, repeat:int) -> dict:
     "MID phase 2 with CutMix/MixUp: torchvision per sample in a loop vs the batched path, one CPU thread each, images/s."
     d = load_dataset("digits")
     images, labels = d.train.images[:batch], torch.from_numpy(d.train.labels[:batch])
-    tfm, mix = train_transform("mid", 2, d.mean, d.std), MixCollate(d.num_classes, phase=2)
-    aug, dmix = DeviceAugment("mid", 2, d.mean, d.std), DeviceMix(d.num_classes, phase=2)
+    p = mix_prob_at(ControllerConfig(), 2, 0.5)           # phase 2's mixing probability at confidence 0.5
+    tfm, mix = train_transform("mid", 2, d.mean, d.std), MixCollate(d.num_classes, p=p)
+    aug, dmix = DeviceAugment("mid", 2, d.mean, d.std), DeviceMix(d.num_classes, p=p)
     uint8 = torch.from_numpy(images)
     per_sample = median_time(lambda: mix.mix(torch.stack([tfm(im) for im in images]), labels), repeat)
     batched = median_time(lambda: dmix.mix(aug(uint8), labels), repeat)
     return dict(aug_per_sample_img_s=batch/per_sample, aug_batched_img_s=batch/batched, aug_speedup=per_sample/batched)
 
 
-def tiny_run(folder:str, **overrides) -> TrainingRun:
-    "The `TrainingRun` that `fit` builds for the tiny preset on digits, on the CPU."
-    return TrainingRun(TrainConfig(dataset="digits", preset="tiny", stem="aggressive", device="cpu", num_workers=0,
-                                   out_dir=folder, **overrides))
+def tiny_trainer(compile:bool=False):
+    "The `Trainer` that `fit` builds for the tiny preset (aggressive stem) on digits, on the CPU, with the paper's AdamW settings."
+    torch.manual_seed(0)
+    cpu, model = torch.device("cpu"), Qonstraint(preset_network("tiny", 10, stem="aggressive"))
+    t = build_trainer(model, cpu, amp_policy(cpu), lr=5e-4, betas=(0.92, 0.999), weight_decay=5e-5, grad_clip=1.0, warmup_steps=0,
+                      ema_decay=ConfidenceController(70).state.ema_decay)
+    if compile: t.forward, _ = compile_forward(t.forward, cpu)
+    return t
 
 
-def bench_loop(batch:int, repeat:int, folder:str) -> dict:
+def bench_loop(batch:int, repeat:int) -> dict:
     """`fit`'s training step (all branches, hardness-weighted loss, scaler, clipping, EMA, metrics) against a bare
     forward/cross-entropy/backward/AdamW loop on the same model and batch; and the host reads in one step."""
-    run = tiny_run(folder, batch_size=batch)
-    trainer, s = run.trainer, run.ctrl.state
+    trainer, s = tiny_trainer(), ConfidenceController(70).state
     trainer.apply(s)
     trainer.forward.train()
     x, y = torch.randn(batch, 3, 64, 64), torch.randint(0, 10, (batch,))
@@ -85,24 +92,26 @@ def bench_loop(batch:int, repeat:int, folder:str) -> dict:
     overhead = statistics.median(f/b for f, b in pairs)    # the ratio within each round, then its median
     t_update, t_opt = median_time(trainer.update, 9), median_time(trainer.opt.step, 9)   # the step's fixed part: scaler, clipping, EMA
     with count_host_syncs() as step_reads: trainer.train_step(x, target, s)
-    dev = tiny_run(folder, batch_size=batch, data_on_device=True)
-    batches = dev.batches(1, dev.ctrl.state)
-    with count_host_syncs() as device_reads: dev.trainer.train_step(*next(batches), dev.ctrl.state)
+    d = load_dataset("digits")                      # fit's data_on_device path: the uint8 split on the device, batched there
+    images, labels = torch.from_numpy(d.train.images), torch.from_numpy(d.train.labels)
+    batches = device_batches(images, labels, torch.randperm(len(images)), batch, DeviceAugment("mid", s.aug_phase, d.mean, d.std),
+                             DeviceMix(d.num_classes, p=s.mix_prob))
+    with count_host_syncs() as device_reads: trainer.train_step(*next(batches), s)
     return dict(loop_overhead=overhead, fit_step_ms=1e3*t_fit, bare_step_ms=1e3*t_bare, update_ms=1e3*t_update, adamw_step_ms=1e3*t_opt,
                 host_syncs_per_step=len(step_reads), host_syncs_device_batch_and_step=len(device_reads))
 
 
-def bench_compile(batch:int, repeat:int, folder:str) -> dict:
+def bench_compile(batch:int, repeat:int) -> dict:
     "CPU step time, eager / compiled (`compile=True`), after compilation."
     if (why := compile_unavailable(torch.device("cpu"))) is not None: return dict(compile_speedup=None, compile_error=why)
     x, target = torch.randn(batch, 3, 64, 64), F.one_hot(torch.randint(0, 10, (batch,)), 10).float()
     times = {}
     try:
         for compiled in (False, True):
-            run = tiny_run(folder, batch_size=batch, compile=compiled)
-            run.trainer.forward.train()
-            t = time.perf_counter(); run.trainer.train_step(x, target, run.ctrl.state); first = time.perf_counter() - t
-            times[compiled] = median_time(lambda: run.trainer.train_step(x, target, run.ctrl.state), repeat)
+            trainer, s = tiny_trainer(compile=compiled), ConfidenceController(70).state
+            trainer.forward.train()
+            t = time.perf_counter(); trainer.train_step(x, target, s); first = time.perf_counter() - t
+            times[compiled] = median_time(lambda: trainer.train_step(x, target, s), repeat)
         return dict(compile_speedup=times[False]/times[True], compile_first_step_s=first)
     except Exception as e:   # a compiler failure is a result to report, not a crash of the whole benchmark
         return dict(compile_speedup=None, compile_error=f"{type(e).__name__}: {str(e)[:200]}")
@@ -124,11 +133,10 @@ def main():
     torch.set_num_threads(1)    # one CPU thread for every side of every ratio
     warnings.filterwarnings("ignore")
     r, t0 = {}, time.time()
-    with tempfile.TemporaryDirectory() as folder:
-        r |= bench_augmentation(256, 7 if full else 3)
-        r |= bench_loop(64, 15 if full else 9, folder)
-        r["loop_overhead_b32"] = bench_loop(32, 15 if full else 9, folder)["loop_overhead"]
-        r |= bench_compile(64 if full else 32, 10 if full else 5, folder)
+    r |= bench_augmentation(256, 7 if full else 3)
+    r |= bench_loop(64, 15 if full else 9)
+    r["loop_overhead_b32"] = bench_loop(32, 15 if full else 9)["loop_overhead"]
+    r |= bench_compile(64 if full else 32, 10 if full else 5)
     r["ddp_grad_max_rel_diff"] = ddp_grad_check(world=2)
     r["mem_est_5_9_b256_gb"] = estimate_memory("qonstraint_5_9", 256).total/2**30
     r["mem_est_5_9_b256_checkpointed_gb"] = estimate_memory("qonstraint_5_9", 256, checkpoint_stages=True).total/2**30

@@ -16,8 +16,7 @@ from .core import QonstraintError, check_choice, atomic_write
 
 # %% auto 0
 __all__ = ['AUG_LEVELS', 'AUG_PHASES', 'IMAGE_SIZE', 'POLICIES', 'TINYIMAGENET_MEAN', 'TINYIMAGENET_STD', 'PhasePolicy', 'policy',
-           'aug_phase', 'train_transform', 'val_transform', 'denormalize', 'show_grid', 'sample_grid',
-           'save_sample_grid']
+           'train_transform', 'val_transform', 'denormalize', 'show_grid', 'sample_grid', 'save_sample_grid']
 
 # %% ../nbs/02_augment.ipynb 7
 AUG_LEVELS = ("low", "mid", "high")
@@ -49,16 +48,6 @@ def policy(level:str, # "low" | "mid" | "high"
     return POLICIES[level][check_choice("augmentation phase", phase, AUG_PHASES) - 1]
 
 # %% ../nbs/02_augment.ipynb 12
-def aug_phase(epoch:int,    # the current epoch, counted from 0
-              epochs:int) -> int: # the run's total number of epochs
-    "The augmentation phase of `epoch`: 1 in the first half of the run, 2 from half-way on."
-    if not (isinstance(epochs, int) and epochs >= 1):
-        raise QonstraintError(f"epochs must be a positive integer, got {epochs!r}")
-    if not (isinstance(epoch, int) and 0 <= epoch < epochs):
-        raise QonstraintError(f"epoch must be an integer in 0..{epochs - 1} (counted from 0), got {epoch!r}")
-    return 1 if 2*epoch < epochs else 2
-
-# %% ../nbs/02_augment.ipynb 16
 TINYIMAGENET_MEAN = (0.4802, 0.4481, 0.3975)  # per-channel (RGB) mean of TinyImageNet's train images, in [0, 1]
 TINYIMAGENET_STD = (0.2302, 0.2265, 0.2262)   # per-channel (RGB) standard deviation, in [0, 1]
 
@@ -67,7 +56,7 @@ def _to_normalized(mean, std) -> list:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
 
 def train_transform(level:str,                    # "low" | "mid" | "high"
-                    phase:int,                    # 1 | 2, from `aug_phase`
+                    phase:int,                    # 1 | 2, from `qonstraint.controller.aug_phase`
                     mean=TINYIMAGENET_MEAN,       # per-channel mean, in [0, 1]
                     std=TINYIMAGENET_STD,         # per-channel standard deviation, in [0, 1]
                     randaugment:bool=True) -> v2.Compose: # False: never RandAugment (the recipe of Qonstraint 5.5/5.6)
@@ -88,7 +77,7 @@ def val_transform(mean=TINYIMAGENET_MEAN, # per-channel mean, in [0, 1]
     "The deterministic evaluation transform: center crop 64 pixels and normalize."
     return v2.Compose([v2.ToImage(), v2.CenterCrop(IMAGE_SIZE), *_to_normalized(mean, std), v2.ToPureTensor()])
 
-# %% ../nbs/02_augment.ipynb 28
+# %% ../nbs/02_augment.ipynb 24
 def denormalize(x:torch.Tensor, # 3, H, W normalized image
                 mean, std) -> np.ndarray:
     "Undo `Normalize` for display: a `(H, W, 3)` float array in [0, 1]."
@@ -108,7 +97,7 @@ def show_grid(images:torch.Tensor,  # R, C, 3, H, W normalized images
         ax.set_axis_off()
     return fig
 
-# %% ../nbs/02_augment.ipynb 29
+# %% ../nbs/02_augment.ipynb 25
 def _grid_transforms(mean, std) -> dict:
     "The val transform and every level × phase, by column title."
     return {"val": val_transform(mean, std)} | {f"{l} · phase {p}": train_transform(l, p, mean, std) for l in AUG_LEVELS for p in AUG_PHASES}

@@ -7,12 +7,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from .augment import aug_phase
-from .collate import PHASE_MIX_PROB
-from .core import QonstraintError
+from .core import QonstraintError, check_choice
 
 # %% auto 0
-__all__ = ['confidence', 'reward_of', 'ControllerConfig', 'base_lr_at', 'ControlState', 'ConfidenceController']
+__all__ = ['confidence', 'reward_of', 'ControllerConfig', 'base_lr_at', 'aug_phase', 'late_stage', 'ema_decay_at',
+           'label_smoothing_at', 'drop_path_at', 'mix_prob_at', 'aux_weight_at', 'ControlState', 'ConfidenceController']
 
 # %% ../nbs/10_controller.ipynb 5
 def confidence(reward:float) -> float:
@@ -50,7 +49,7 @@ class ControllerConfig:
     smoothing_gain:float = 0.2      # label smoothing = max(smoothing_floor, smoothing_gain·(1 − confidence))
     smoothing_floor:float = 0.05
     drop_path:tuple = (0.05, 0.1)   # DropPath rate at confidence 0.5, in phase 1 / 2; scaled by (0.5 + confidence)
-    mix_prob:tuple = (PHASE_MIX_PROB[1], PHASE_MIX_PROB[2])  # CutMix/MixUp probability at confidence 0.5, phase 1 / 2 (collate's); ×(0.5 + confidence)
+    mix_prob:tuple = (0.25, 0.5)    # probability that a batch is CutMix-ed or MixUp-ed at confidence 0.5, in phase 1 / 2; ×(0.5 + confidence), at most 1
     aux_weight:tuple = (0.4, 0.2)   # auxiliary-loss weight, linear from the first to the last epoch
 
     def __post_init__(self):
@@ -67,6 +66,47 @@ def base_lr_at(cfg:ControllerConfig, epoch:int) -> float:
     return cfg.min_lr + 0.5*(cfg.base_lr - cfg.min_lr)*(1 + math.cos(math.pi*t/(cycle - 1)))
 
 # %% ../nbs/10_controller.ipynb 12
+def aug_phase(epoch:int,    # the current epoch, counted from 0
+              epochs:int) -> int: # the run's total number of epochs
+    "The augmentation phase of `epoch`: 1 in the first half of the run, 2 from half-way on."
+    if not (isinstance(epochs, int) and epochs >= 1):
+        raise QonstraintError(f"epochs must be a positive integer, got {epochs!r}")
+    if not (isinstance(epoch, int) and 0 <= epoch < epochs):
+        raise QonstraintError(f"epoch must be an integer in 0..{epochs - 1} (counted from 0), got {epoch!r}")
+    return 1 if 2*epoch < epochs else 2
+
+# %% ../nbs/10_controller.ipynb 16
+def late_stage(cfg:ControllerConfig, epoch:int) -> bool:
+    "Is `epoch` (counted from 1) past `late_frac` of the run? Then β1 has its higher cap and smoothing its floor."
+    return epoch > cfg.late_frac*cfg.epochs
+
+def _per_phase(values:tuple, phase:int) -> float:
+    "The entry of a (phase 1, phase 2) pair for `phase`."
+    return values[check_choice("augmentation phase", phase, range(1, len(values) + 1)) - 1]
+
+def ema_decay_at(cfg:ControllerConfig, confidence:float) -> float:
+    "Decay of the EMA of the weights: ema_base + ema_gain·confidence, within `ema_range`."
+    return min(cfg.ema_range[1], max(cfg.ema_range[0], cfg.ema_base + cfg.ema_gain*confidence))
+
+def label_smoothing_at(cfg:ControllerConfig, epoch:int, confidence:float) -> float:
+    "Label smoothing for `epoch` (from 1): smoothing_gain·(1 − confidence), at least the floor; the floor in the late stage."
+    if late_stage(cfg, epoch): return cfg.smoothing_floor
+    return max(cfg.smoothing_floor, cfg.smoothing_gain*(1 - confidence))
+
+def drop_path_at(cfg:ControllerConfig, phase:int, confidence:float) -> float:
+    "DropPath rate of the deepest block: the phase's base rate × (0.5 + confidence)."
+    return _per_phase(cfg.drop_path, phase)*(0.5 + confidence)
+
+def mix_prob_at(cfg:ControllerConfig, phase:int, confidence:float) -> float:
+    "Probability that a batch is CutMix-ed or MixUp-ed: the phase's base rate × (0.5 + confidence), at most 1."
+    return min(1.0, _per_phase(cfg.mix_prob, phase)*(0.5 + confidence))
+
+def aux_weight_at(cfg:ControllerConfig, epoch:int) -> float:
+    "Weight of the auxiliary head's loss for `epoch` (from 1): linear from aux_weight[0] at the first epoch to aux_weight[1] at the last."
+    first, last = cfg.aux_weight
+    return first + (last - first)*(min(epoch, cfg.epochs) - 1)/max(1, cfg.epochs - 1)
+
+# %% ../nbs/10_controller.ipynb 22
 @dataclass
 class ControlState:
     "What the controller sets for an epoch, and the reward and confidence that set it."
@@ -92,15 +132,12 @@ class ConfidenceController:
                                     self.cfg.momentum_start, reward=0.0, conf=0.5, event="")
 
     def _settings(self, epoch, lr, momentum, reward, conf, event) -> ControlState:
-        "The full state for `epoch` from its LR and momentum and the confidence."
+        "The full state for `epoch` (from 1): its LR and momentum, and the schedules at the confidence `conf`."
         c = self.cfg
-        e0 = min(epoch, c.epochs) - 1                  # 0-based, for the schedules
-        late, phase = epoch > c.late_frac*c.epochs, aug_phase(e0, c.epochs)
-        ema = min(c.ema_range[1], max(c.ema_range[0], c.ema_base + c.ema_gain*conf))
-        smoothing = c.smoothing_floor if late else max(c.smoothing_floor, c.smoothing_gain*(1 - conf))
-        aux = c.aux_weight[0] + (c.aux_weight[1] - c.aux_weight[0])*e0/max(1, c.epochs - 1)
-        return ControlState(epoch, lr, momentum, ema, smoothing, c.drop_path[phase - 1]*(0.5 + conf),
-                            min(1.0, c.mix_prob[phase - 1]*(0.5 + conf)), aux, phase, reward, conf, event)
+        phase = aug_phase(min(epoch, c.epochs) - 1, c.epochs)   # counted from 0; the state after the last epoch keeps its phase
+        return ControlState(epoch, lr, momentum, ema_decay_at(c, conf), label_smoothing_at(c, epoch, conf),
+                            drop_path_at(c, phase, conf), mix_prob_at(c, phase, conf), aux_weight_at(c, epoch),
+                            phase, reward, conf, event)
 
     def update(self, val_top1:float) -> ControlState:
         "Take the finished epoch's validation top-1 (%) and return the settings for the next epoch."
@@ -118,7 +155,7 @@ class ConfidenceController:
         elif plateau: lr, event = max(s.lr, c.reset_frac*c.max_lr), "plateau_reset"
         else: lr, event = min(c.max_lr, max(c.min_lr, s.lr*ratio)), ("restart" if ratio > 1 and nxt > c.warmup_epochs else "")
         if event in ("boost", "plateau_reset"): self.since_boost = 0
-        cap = c.momentum_caps[nxt > c.late_frac*c.epochs]
+        cap = c.momentum_caps[late_stage(c, nxt)]
         momentum = s.momentum + c.momentum_gain*reward - (c.plateau_momentum_step if stalled else 0)
         momentum = min(cap, max(c.momentum_floor, momentum))
         self.state = self._settings(nxt, lr, momentum, reward, conf, event)

@@ -4,20 +4,17 @@
 
 # %% ../nbs/00_core.ipynb 2
 from __future__ import annotations
-import contextlib, os, random, tempfile, traceback
+import contextlib, os, random, tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
 
 # %% auto 0
 __all__ = ['P100_FIX', 'AMP_MODES', 'KAGGLE_ROOT', 'QonstraintError', 'check_choice', 'seed_everything', 'seed_worker',
            'loader_seeding', 'get_rng_state', 'set_rng_state', 'arch_supported', 'cuda_arch_error', 'check_cuda_arch',
-           'get_device', 'AmpPolicy', 'amp_policy', 'on_kaggle', 'work_dir', 'cache_dir', 'atomic_write',
-           'count_host_syncs', 'DistEnv', 'dist_env', 'reduce_sum', 'barrier']
+           'get_device', 'AmpPolicy', 'amp_policy', 'on_kaggle', 'work_dir', 'cache_dir', 'atomic_write']
 
 # %% ../nbs/00_core.ipynb 5
 class QonstraintError(Exception):
@@ -177,58 +174,3 @@ def atomic_write(path:Path|str, mode:str="wb"):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-# %% ../nbs/00_core.ipynb 37
-class _ScalarReads(TorchDispatchMode):
-    "Count `aten._local_scalar_dense`: what `.item()`, `float`, `int` and `bool` of a tensor become."
-    def __init__(self, calls:list): super().__init__(); self.calls = calls
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default: self.calls.append(("item", _caller()))
-        return func(*args, **(kwargs or {}))
-
-class _HostCopies(TorchFunctionMode):
-    "Count `.tolist()`, `.cpu()` and `.numpy()`, which copy a tensor to the host without a scalar read."
-    def __init__(self, calls:list): super().__init__(); self.calls = calls
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in (torch.Tensor.tolist, torch.Tensor.cpu, torch.Tensor.numpy): self.calls.append((func.__name__, _caller()))
-        return func(*args, **(kwargs or {}))
-
-def _caller() -> str:
-    "`file:line` of the innermost frame outside torch: who asked for the value."
-    ours = ("_caller", "__torch_dispatch__", "__torch_function__")
-    frame = next((f for f in reversed(traceback.extract_stack()) if "/torch/" not in f.filename and f.name not in ours), None)
-    return f"{Path(frame.filename).name}:{frame.lineno}" if frame else "?"
-
-@contextlib.contextmanager
-def count_host_syncs():
-    "Yield a list that collects `(kind, 'file:line')` for every host read of a tensor value inside the block."
-    calls = []
-    with _HostCopies(calls), _ScalarReads(calls): yield calls
-
-# %% ../nbs/00_core.ipynb 42
-@dataclass(frozen=True)
-class DistEnv:
-    "Where this process stands among the processes of one training run."
-    rank:int = 0        # this process, 0..world-1; rank 0 writes the run folder
-    world:int = 1       # number of processes (one per GPU)
-    local_rank:int = 0  # this process's GPU on its machine
-
-    @property
-    def main(self) -> bool: return self.rank == 0
-
-def dist_env(environ=os.environ) -> DistEnv:
-    "This process's `DistEnv`, from torchrun's environment variables."
-    env = DistEnv(*(int(environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0))))
-    if not (0 <= env.rank < env.world): raise QonstraintError(f"RANK={env.rank} is outside 0..WORLD_SIZE-1={env.world - 1}")
-    return env
-
-def _distributed() -> bool: return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-def reduce_sum(t:torch.Tensor) -> torch.Tensor:
-    "Sum `t` over all processes, in place (nothing to do in a single process)."
-    if _distributed(): torch.distributed.all_reduce(t)
-    return t
-
-def barrier():
-    "Wait until every process gets here (nothing to do in a single process)."
-    if _distributed(): torch.distributed.barrier()

@@ -23,7 +23,8 @@ from .collate import MIX_MODES, MixCollate, _check_shapes
 __all__ = ['DEGENERATES', 'CROP_RATIO', 'ERASE_RATIO', 'TRIES', 'JITTER_OPS', 'RA_WARPS', 'RA_PIXELS', 'RA_OPS', 'RA_NUM_OPS',
            'RA_MAGNITUDES', 'grayscale', 'blurred', 'adjust', 'crop_boxes', 'resized_crop_flip', 'color_jitter',
            'posterize', 'solarize', 'autocontrast', 'ra_magnitudes', 'signed_magnitudes', 'ra_apply', 'randaugment',
-           'box_masks', 'erase_masks', 'DeviceAugment', 'cutmix_boxes', 'DeviceMix', 'device_sample_grid']
+           'box_masks', 'erase_masks', 'DeviceAugment', 'cutmix_boxes', 'DeviceMix', 'device_sample_grid',
+           'device_batches']
 
 # %% ../nbs/03a_device_augment.ipynb 7
 def _per_sample(v:torch.Tensor, x:torch.Tensor) -> torch.Tensor:
@@ -251,7 +252,7 @@ def _check_images(images):
 class DeviceAugment:
     "`train_transform` on a whole uint8 batch on its device, every sample with its own random parameters."
     def __init__(self, level:str,                  # "low" | "mid" | "high"
-                 phase:int,                        # 1 | 2, from `aug_phase`
+                 phase:int,                        # 1 | 2, from `qonstraint.controller.aug_phase`
                  mean=TINYIMAGENET_MEAN,           # per-channel mean, in [0, 1]
                  std=TINYIMAGENET_STD,             # per-channel standard deviation, in [0, 1]
                  randaugment:bool=True):           # False: never RandAugment (the recipe of Qonstraint 5.5/5.6)
@@ -305,14 +306,14 @@ def _mix_with_previous(x:torch.Tensor, # B, C, H, W
     return out
 
 class DeviceMix(MixCollate):
-    "`MixCollate` deciding per sample: each image is mixed with probability `prob`, with its own mode, weight and box."
+    "`MixCollate` deciding per sample: each image is mixed with probability `p`, with its own mode, weight and box."
     def mix(self, images:torch.Tensor,  # B, C, H, W float, on any device
             labels:torch.Tensor,        # B class indices
            ) -> tuple[torch.Tensor, torch.Tensor]: # images B, C, H, W; soft labels B, num_classes
-        "Mix each image with the one before it, with probability `prob`; labels come back soft."
+        "Mix each image with the one before it, with probability `p`; labels come back soft."
         _check_shapes(images, labels, "augment uint8 images first with DeviceAugment")
         (B, _, H, W), dev = images.shape, images.device
-        mixed = torch.rand(B, device=dev) < self.prob
+        mixed = torch.rand(B, device=dev) < self.p
         cut = mixed & (torch.randint(len(self.modes), (B,), device=dev) == (self.modes.index("cutmix") if "cutmix" in self.modes else -1))
         lam = {m: _beta(self.mixers[m].alpha, B, dev) for m in MIX_MODES}
         box, area = cutmix_boxes(lam["cutmix"], H, W)
@@ -326,12 +327,8 @@ class DeviceMix(MixCollate):
     def __repr__(self): return "Device" + super().__repr__()
 
 # %% ../nbs/03a_device_augment.ipynb 50
-def device_sample_grid(images:np.ndarray, # N, H, W, 3 uint8 images; the first `n` are drawn
-                       mean, std,         # the dataset's per-channel statistics, in [0, 1]
-                       n:int=6,           # rows: how many images
-                       seed:int=0,        # seed of the draws
-                       title:str|None=None) -> Figure:
-    "Each of `n` images through the val transform and, per level × phase, the CPU path and `DeviceAugment` (columns)."
+def device_sample_grid(images:np.ndarray, mean, std, n:int=6, seed:int=0, title:str|None=None) -> Figure:
+    "`augment.sample_grid`'s figure (same arguments), with the CPU path and `DeviceAugment` side by side for each level × phase."
     images = np.ascontiguousarray(images[:n])
     cols = {"val": val_transform(mean, std)}
     for l, p in product(AUG_LEVELS, AUG_PHASES):
@@ -346,3 +343,14 @@ def device_sample_grid(images:np.ndarray, # N, H, W, 3 uint8 images; the first `
     return fig
 
 
+
+# %% ../nbs/03a_device_augment.ipynb 55
+def device_batches(images:torch.Tensor,   # N, H, W, 3 uint8, on the device
+                   labels:torch.Tensor,   # N class indices, on the device
+                   order:torch.Tensor,    # the indices to visit, in order
+                   batch_size:int, augment:DeviceAugment, mixer:DeviceMix):
+    "Yield batches of `images` in `order`, augmented and mixed on their device: (B, 3, 64, 64) images, (B, C) soft targets."
+    order = order.to(images.device)
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        yield mixer.mix(augment(images[idx]), labels[idx])

@@ -132,6 +132,11 @@ class SOTAQlassifierHead(nn.Module):
         self.dim, self.clamp = dim, clamp
         self.reset_classifier(num_classes)
 
+    @classmethod
+    def from_config(cls, cfg) -> SOTAQlassifierHead:
+        "The head of a model config (`qonstraint.model.QonstraintConfig`): the constructor every entry of `HEADS` has."
+        return cls(cfg.fusion_dim, cfg.feat_size**2, cfg.num_classes, cfg.num_heads, cfg.keep_ratio, cfg.norm, cfg.clamp, cfg.drop_rate)
+
     def reset_classifier(self, num_classes:int):
         "New classifier layers of the three paths for `num_classes` classes."
         self.transformer_fc = nn.Linear(self.dim // 2, num_classes)
@@ -161,6 +166,11 @@ class GAPHead(nn.Module):
         self.drop, self.dim = nn.Dropout(drop), dim
         self.reset_classifier(num_classes)
 
+    @classmethod
+    def from_config(cls, cfg) -> GAPHead:
+        "The head of a model config (`qonstraint.model.QonstraintConfig`): the constructor every entry of `HEADS` has."
+        return cls(cfg.fusion_dim, cfg.num_classes, cfg.drop_rate)
+
     def reset_classifier(self, num_classes:int):
         "A new linear classifier for `num_classes` classes."
         self.fc = nn.Linear(self.dim, num_classes)
@@ -169,5 +179,5 @@ class GAPHead(nn.Module):
         logits = self.fc(self.drop(x.mean((2, 3))))  # B, D, H, W -> B, D -> B, classes
         return Branches(logits) if return_branches else logits
 
-# %% ../nbs/08_heads.ipynb 36
-HEADS = ("sota", "gap")  # the `head` choices of the model
+# %% ../nbs/08_heads.ipynb 37
+HEADS = {"sota": SOTAQlassifierHead, "gap": GAPHead}  # the `head` choices of the model: name -> class

@@ -19,7 +19,7 @@ from .stem import STEMS, ConvStem
 from .blocks import NORMS, TOKEN_MIXERS
 from .backbone import QonvViT
 from .fusion import FusionBlockV2
-from .heads import HEADS, GAPHead, SOTAQlassifierHead
+from .heads import HEADS
 
 # %% auto 0
 __all__ = ['PRESETS', 'QonstraintConfig', 'Qonstraint', 'create_model', 'qonstraint_5_5', 'qonstraint_5_6', 'qonstraint_5_9',
@@ -91,9 +91,7 @@ class Qonstraint(nn.Module):
                                 mlp_ratio=cfg.mlp_ratio, excite_ratio=cfg.excite_ratio, norm=cfg.norm,
                                 token_mixer=cfg.token_mixer, res_scale_init=cfg.res_scale_init, clamp=cfg.clamp)
         self.fusion = FusionBlockV2(cfg.embed_dims[2], cfg.embed_dims[3], cfg.fusion_dim, cfg.num_heads, cfg.drop_rate)
-        self.head = (SOTAQlassifierHead(cfg.fusion_dim, cfg.feat_size**2, cfg.num_classes, cfg.num_heads,
-                                        cfg.keep_ratio, cfg.norm, cfg.clamp, cfg.drop_rate)
-                     if cfg.head == "sota" else GAPHead(cfg.fusion_dim, cfg.num_classes, cfg.drop_rate))
+        self.head = HEADS[cfg.head].from_config(cfg)        # SOTAQlassifierHead or GAPHead
         self.apply(_init_weights)
 
     def forward_features(self, x):
