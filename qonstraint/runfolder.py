@@ -254,6 +254,7 @@ def build_network(run_dir:Path|str, weights:str="final") -> Qonstraint:
     path = weights_file(run_dir, weights)
     return load_network(path, read_json(Path(run_dir)/CONFIG_FILE, "Fix: pass a run folder written by qonstraint training."), run_dir)[0]
 
+# %% ../nbs/11_runfolder.ipynb 24
 def upgrade_run(run_dir:Path|str) -> dict:
     "Record the network in an older run folder's config.json (checked against its weights); return the config."
     run_dir = Path(run_dir)
@@ -267,7 +268,7 @@ def upgrade_run(run_dir:Path|str) -> dict:
     write_json(run_dir/CONFIG_FILE, config | dict(network=asdict(network)))
     return read_json(run_dir/CONFIG_FILE)
 
-# %% ../nbs/11_runfolder.ipynb 26
+# %% ../nbs/11_runfolder.ipynb 28
 def class_info(data) -> dict:
     "What `classes.json` records of a `DataBundle`: class ids, names, and the train split's mean and std."
     return dict(classes=data.classes, class_names=data.class_names, mean=data.mean, std=data.std)

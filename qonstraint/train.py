@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
+from fastcore.basics import patch
 from fastcore.imports import IN_NOTEBOOK
 from safetensors.torch import save as safetensors_save
 from torch.optim.swa_utils import AveragedModel, update_bn
@@ -80,17 +81,22 @@ class TrainConfig:
     devices:int = 1                   # processes, one per GPU (DDP); batch_size and lr stay those of the whole (global) batch
 
     def __post_init__(self): check_train_config(self)
-    @property
-    def run_dir(self) -> Path: return Path(self.out_dir)/self.run_name
-    @classmethod
-    def from_dict(cls, d:dict) -> TrainConfig:
-        "The configuration a run's `config.json` records (its other entries, such as versions, are left out)."
-        return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
-    def model_config(self, num_classes:int) -> QonstraintConfig:
-        "The network this configuration names: the preset as defined today, with its head, stem and `model` overrides."
-        return preset_network(self.preset, num_classes, self.head, self.stem, self.model)
 
 # %% ../nbs/14_train.ipynb 7
+@patch(as_prop=True)
+def run_dir(self:TrainConfig) -> Path: return Path(self.out_dir)/self.run_name
+
+@patch
+def model_config(self:TrainConfig, num_classes:int) -> QonstraintConfig:
+    "The network this configuration names: the preset as defined today, with its head, stem and `model` overrides."
+    return preset_network(self.preset, num_classes, self.head, self.stem, self.model)
+
+@patch(cls_method=True)
+def from_dict(cls:TrainConfig, d:dict) -> TrainConfig:
+    "The configuration a run's `config.json` records (its other entries, such as versions, are left out)."
+    return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
+
+# %% ../nbs/14_train.ipynb 9
 def _check(cfg:TrainConfig, name:str, ok, what:str):
     "Raise unless `ok(cfg.<name>)`, saying the field must be `what`."
     v = getattr(cfg, name)
@@ -126,7 +132,7 @@ def check_train_config(c:TrainConfig):
     c.model_config(2)  # raises on an impossible architecture
     if c.run_name is None: c.run_name = f"{c.preset}-{c.head}-{c.stem}-{c.aug}-{c.dataset}-s{c.seed}"
 
-# %% ../nbs/14_train.ipynb 11
+# %% ../nbs/14_train.ipynb 13
 def parse_settings(settings:list[str]) -> dict:
     "`field=value` strings as TrainConfig fields; a `QonstraintError` names a setting that is not one, and lists the fields."
     names, d = {f.name for f in fields(TrainConfig)}, {}
@@ -138,7 +144,7 @@ def parse_settings(settings:list[str]) -> dict:
         except json.JSONDecodeError: d[k] = v
     return d
 
-# %% ../nbs/14_train.ipynb 14
+# %% ../nbs/14_train.ipynb 16
 @dataclass(frozen=True)
 class Decision:
     "What a run does after an epoch."
@@ -166,7 +172,7 @@ def decide(cfg:TrainConfig, epoch:int, val_top1:float, nonfinite:int,
     return Decision(new_best, why if best_epoch > 0 and not new_best else None, epoch >= math.ceil(cfg.swa_start*cfg.epochs),
                     epoch < cfg.epochs and over_budget(elapsed_s, epoch_s, cfg.max_minutes))
 
-# %% ../nbs/14_train.ipynb 17
+# %% ../nbs/14_train.ipynb 19
 def check_init_from(cfg:TrainConfig):
     "Fail, before any data is loaded, unless `init_from` is a finished run of the network `cfg` names."
     src = Path(cfg.init_from)
@@ -190,7 +196,7 @@ def freeze_backbone(model:Qonstraint, frozen:bool):
     "Freeze (or unfreeze) everything but the head: the stem, the backbone stages and the fusion block."
     for part in (model.stem, model.backbone, model.fusion): part.requires_grad_(not frozen)
 
-# %% ../nbs/14_train.ipynb 19
+# %% ../nbs/14_train.ipynb 21
 def epoch_order(n:int, seed:int, env:DistEnv=DistEnv()) -> torch.Tensor:
     "This process's share of a seeded shuffle of `n` indices: every `world`-th, the same count for every process."
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -202,7 +208,7 @@ def make_loader(split, tfm, batch_size:int, order:torch.Tensor, seed:int, num_wo
                       collate_fn=collate, generator=torch.Generator().manual_seed(seed), worker_init_fn=seed_worker,
                       pin_memory=device.type == "cuda")
 
-# %% ../nbs/14_train.ipynb 22
+# %% ../nbs/14_train.ipynb 24
 @dataclass
 class Parts:
     "Everything one process of a run holds: its configuration, data, network, controller, trainer, and progress."
@@ -224,6 +230,7 @@ class Parts:
     @property
     def log(self) -> RunLog: return RunLog(self.cfg.run_dir/"log.csv")
 
+# %% ../nbs/14_train.ipynb 26
 def make_trainer(cfg:TrainConfig, model:Qonstraint, ctrl:ConfidenceController, env:DistEnv, device, amp, n_train:int) -> tuple[Trainer, bool]:
     "The run's `Trainer` (its forward DDP-wrapped and compiled as `cfg` asks), and whether it compiled."
     steps = cfg.warmup_epochs*math.ceil(n_train//env.world/(cfg.batch_size//env.world))
@@ -250,7 +257,7 @@ def build_run(cfg:TrainConfig) -> Parts:
     trainer, compiled = make_trainer(cfg, model, ctrl, env, device, amp, len(data.train))
     return Parts(cfg, env, device, amp, data, model, ctrl, trainer, compiled)
 
-# %% ../nbs/14_train.ipynb 24
+# %% ../nbs/14_train.ipynb 28
 def eval_loader(p:Parts, split, shard:bool=True) -> DataLoader:
     "Evaluation batches of `split`: this process's share of it under DDP (`shard`), else all of it."
     env = p.env if shard else DistEnv()
@@ -272,12 +279,12 @@ def train_batches(p:Parts, epoch:int, s:ControlState) -> tuple:
     return make_loader(d.train, tfm, batch_size, order, seed + 1_000_003*env.rank, cfg.num_workers, p.device, MixCollate(d.num_classes, **mix)), steps
 
 def progress(batches, steps:int, epoch:int, p:Parts):
-    "`batches` with a per-step progress bar on rank 0, in a terminal or a notebook (a papermill log too)."
-    show = p.env.main and (IN_NOTEBOOK or sys.stderr.isatty())
-    return tqdm(batches, total=steps, desc=f"epoch {epoch}/{p.cfg.epochs}", leave=False, disable=not show, mininterval=5,
-                file=sys.stderr, dynamic_ncols=True)
+    "`batches` with a per-step progress bar on rank 0: in a terminal (cleared after the epoch), or kept in a notebook or papermill log."
+    tty = sys.stderr.isatty()
+    return tqdm(batches, total=steps, desc=f"epoch {epoch}/{p.cfg.epochs}", leave=not tty, disable=not (p.env.main and (tty or IN_NOTEBOOK)),
+                mininterval=5, file=sys.stderr, dynamic_ncols=True)
 
-# %% ../nbs/14_train.ipynb 26
+# %% ../nbs/14_train.ipynb 30
 def start_run(p:Parts) -> int:
     "Create the run folder and its config.json and classes.json (never over an existing run); return the first epoch."
     if (p.dir/"log.csv").exists() or (p.dir/WEIGHT_FILES["last"]).exists():
@@ -311,7 +318,7 @@ def resume_run(p:Parts) -> int:
     set_rng_state(ck["rng"][p.env.rank] if isinstance(ck["rng"], list) else ck["rng"])
     return ck["epoch"] + 1
 
-# %% ../nbs/14_train.ipynb 28
+# %% ../nbs/14_train.ipynb 32
 def rank0_says(p:Parts, flag:bool) -> bool:
     "Rank 0's `flag`, in every process."
     if p.env.world == 1: return flag
@@ -350,7 +357,7 @@ def record(p:Parts, row:dict, d:Decision):
               f"val loss {row['val_loss']:.3f} top1 {row['val_top1']:.2f} top5 {row['val_top5']:.2f}  lr {row['lr']:.2e}  "
               f"conf {row['confidence']:.3f}  {row['event']}  {row['epoch_seconds']:.1f}s", flush=True)
 
-# %% ../nbs/14_train.ipynb 30
+# %% ../nbs/14_train.ipynb 34
 def final_evaluation(p:Parts) -> dict:
     "Best-checkpoint, EMA and SWA weights on val and test; the best by val top-1 becomes model.safetensors."
     weights = {"best": p.model, "ema": p.trainer.ema.module}
@@ -379,7 +386,7 @@ def finish(p:Parts, status:str) -> Run:
     barrier()
     return read_run(p.dir)
 
-# %% ../nbs/14_train.ipynb 32
+# %% ../nbs/14_train.ipynb 36
 def fit(cfg:TrainConfig) -> Run:
     "Train one run as `cfg` says (or continue it, with `resume=True`); return its folder, history, summary and config."
     if cfg.devices > 1 and dist_env().world == 1: return launch(asdict(cfg))
@@ -406,6 +413,6 @@ def main(argv:list[str]|None=None):
     except QonstraintError as e: ap.error(str(e))
     fit(TrainConfig.from_dict((json.loads(Path(args.config).read_text()) if args.config else {}) | settings))
 
-# %% ../nbs/14_train.ipynb 33
+# %% ../nbs/14_train.ipynb 37
 #| eval: false
 if __name__ == "__main__" and not IN_NOTEBOOK: main()   # `python -m qonstraint.train`; not when a notebook runs this cell
