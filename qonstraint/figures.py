@@ -21,11 +21,11 @@ from .runfolder import ADD_RUNS, LOG_FILES, Run, find_run_dirs, read_run
 from .studies import HEAD_DEPTHS, STUDIES, Paper, flatten, head_depth, load_paper
 
 # %% auto 0
-__all__ = ['PAPER_LABEL', 'PAPER_EPOCHS', 'PAPER_LINE_LABEL', 'EVENT_MARKERS', 'PALETTE', 'SUMMARY_COLUMNS', 'DPI', 'FIGURES',
-           'TABLES', 'run_rows', 'load_runs', 'select_runs', 'data_label', 'fig_lr', 'fig_confidence', 'fig_momentum',
-           'fig_accuracy', 'fig_loss', 'fig_features', 'fig_stem', 'fig_depth', 'fig_version', 'fig_heads',
-           'peak_metrics', 'table_peak', 'match_epoch', 'table_epoch_summary', 'table_comparison', 'save_figure',
-           'to_markdown', 'save_table', 'write_outputs', 'Paper', 'load_paper']
+__all__ = ['PAPER_LABEL', 'PAPER_EPOCHS', 'PAPER_LINE_LABEL', 'EVENT_MARKERS', 'PALETTE', 'CURVES', 'fig_momentum',
+           'fig_accuracy', 'fig_loss', 'fig_features', 'SUMMARY_COLUMNS', 'DPI', 'FIGURES', 'TABLES', 'run_rows',
+           'load_runs', 'select_runs', 'data_label', 'fig_lr', 'fig_confidence', 'fig_curves', 'fig_stem', 'fig_depth',
+           'fig_version', 'fig_heads', 'peak_metrics', 'table_peak', 'match_epoch', 'table_epoch_summary',
+           'table_comparison', 'save_figure', 'to_markdown', 'save_table', 'write_outputs', 'Paper', 'load_paper']
 
 # %% ../nbs/17_figures.ipynb 6
 def run_rows(run:Run,          # a run folder's record, from `qonstraint.runfolder.read_run`
@@ -135,9 +135,10 @@ def _selected(runs:pd.DataFrame, ablation:str) -> pd.DataFrame:
 
 # %% ../nbs/17_figures.ipynb 26
 def _main_figure(runs:pd.DataFrame, paper:Paper, title:str,
-                 panels:dict  # y label: [(log column, curve label, epoch_summary column or None), ...]
-                ) -> tuple[Figure, np.ndarray, pd.DataFrame]:
-    "A figure of the main runs, a panel per entry of `panels`, with the paper's epoch-table values where given."
+                 panels:dict,    # y label: [(log column, curve label, epoch_summary column or None), ...]
+                 mark=None       # mark(axes, main runs): draws more on the panels
+                ) -> Figure:
+    "A figure of the main runs, a panel per entry of `panels`, with the paper's epoch-table values where given; a legend on every panel."
     main = _selected(runs, "main")
     fig, axes = _figure(title, main, 1, len(panels))
     for ax, (ylabel, curves) in zip(axes.flat, panels.items()):
@@ -147,69 +148,52 @@ def _main_figure(runs:pd.DataFrame, paper:Paper, title:str,
                 _paper_points(ax, paper.epoch_summary.epoch, paper.epoch_summary[paper_col], color,
                               PAPER_LABEL if len(curves) == 1 else f"paper {label} (TinyImageNet)")
         ax.set(xlabel="epoch", ylabel=ylabel)
-    return fig, axes, main
-
-def _finish(axes) -> None:
-    "A legend on every panel."
+    if mark: mark(axes, main)
     for ax in axes.flat: _legend(ax)
+    return fig
 
 # %% ../nbs/17_figures.ipynb 28
-@_styled
-def fig_lr(runs:pd.DataFrame, paper:Paper|None=None) -> Figure:
-    "Learning rate per epoch of the main runs, the controller's events marked; the paper's LR at its table's epochs."
-    fig, axes, main = _main_figure(runs, paper or load_paper(), "Learning rate per epoch (IV.A.1)", {"learning rate": [("lr", "LR", "lr")]})
+def _events(axes, main:pd.DataFrame):
+    "Mark each controller event on the LR curve, at the epoch whose result caused it."
     for ev, (marker, color) in EVENT_MARKERS.items():
         hit = main[main.event.map(lambda e: ev in e.split(";"))]
         if len(hit): axes[0, 0].plot(hit.epoch, hit.lr, marker, color=color, ls="none", ms=6, label=f"{ev} ({len(hit)}×)")
-    _finish(axes)
-    return fig
+
+@_styled
+def fig_lr(runs:pd.DataFrame, paper:Paper|None=None) -> Figure:
+    "Learning rate per epoch of the main runs, the controller's events marked; the paper's LR at its table's epochs."
+    return _main_figure(runs, paper or load_paper(), "Learning rate per epoch (IV.A.1)", {"learning rate": [("lr", "LR", "lr")]}, _events)
+
+def _clamps(axes, main:pd.DataFrame):
+    "The reward clamp (±`reward_clip`, the runs' own setting) on the reward panel."
+    clips = main["controller.reward_clip"] if "controller.reward_clip" in main else pd.Series(np.nan, index=main.index)
+    for clip in sorted(set(clips.fillna(ControllerConfig.reward_clip))):
+        for sign in (1, -1): axes[0, 1].axhline(sign*clip, color="0.5", ls="--", lw=1, label=f"clamp ±{clip:g}")
 
 @_styled
 def fig_confidence(runs:pd.DataFrame, paper:Paper|None=None) -> Figure:
     "Confidence and the clamped reward per epoch of the main runs; the paper's confidence at its table's epochs."
-    fig, axes, main = _main_figure(runs, paper or load_paper(), "Confidence and reward (IV.A.1)",
-                                   {"confidence": [("confidence", "confidence", "confidence")],
-                                    "reward (Δ val top-1, points, clamped)": [("reward", "reward", None)]})
-    clips = main["controller.reward_clip"] if "controller.reward_clip" in main else pd.Series(np.nan, index=main.index)
-    for clip in sorted(set(clips.fillna(ControllerConfig.reward_clip))):
-        for sign in (1, -1): axes[0, 1].axhline(sign*clip, color="0.5", ls="--", lw=1, label=f"clamp ±{clip:g}")
-    _finish(axes)
-    return fig
+    return _main_figure(runs, paper or load_paper(), "Confidence and reward (IV.A.1)",
+                        {"confidence": [("confidence", "confidence", "confidence")],
+                         "reward (Δ val top-1, points, clamped)": [("reward", "reward", None)]}, _clamps)
 
 # %% ../nbs/17_figures.ipynb 30
-@_styled
-def fig_momentum(runs:pd.DataFrame, paper:Paper|None=None) -> Figure:
-    "AdamW momentum (β1) and EMA decay per epoch of the main runs; the paper's at its table's epochs."
-    fig, axes, _ = _main_figure(runs, paper or load_paper(), "Momentum and EMA decay (IV.A.1)",
-                                {"momentum (AdamW β1)": [("momentum", "momentum", "momentum")],
-                                 "EMA decay": [("ema_decay", "EMA decay", "ema_decay_reading")]})
-    _finish(axes)
-    return fig
+CURVES = {   # the main-run figures that draw curves only: name -> (title, panels as `_main_figure` takes them)
+    "fig_momentum": ("Momentum and EMA decay (IV.A.1)", {"momentum (AdamW β1)": [("momentum", "momentum", "momentum")],
+                                                         "EMA decay": [("ema_decay", "EMA decay", "ema_decay_reading")]}),
+    "fig_accuracy": ("Accuracy (IV.A.2)", {f"top-{k} accuracy (%)": [(f"train_top{k}", "train", f"train_top{k}"),
+                                                                    (f"val_top{k}", "val", f"val_top{k}")] for k in (1, 5)}),
+    "fig_loss": ("Loss (IV.A.3)", {"loss": [("train_loss", "train", None), ("val_loss", "val", None)]}),
+    "fig_features": ("Feature mean and std (IV.A.3; mean ≈ 0 by the clamp's re-centring)",
+                     {"feature mean (after the clamp)": [("feat_mean", "feat_mean", None)], "feature std": [("feat_std", "feat_std", None)]})}
 
 @_styled
-def fig_accuracy(runs:pd.DataFrame, paper:Paper|None=None) -> Figure:
-    "Train and val top-1 and top-5 per epoch of the main runs; the paper's at its table's epochs."
-    fig, axes, _ = _main_figure(runs, paper or load_paper(), "Accuracy (IV.A.2)",
-                                {f"top-{k} accuracy (%)": [(f"train_top{k}", "train", f"train_top{k}"), (f"val_top{k}", "val", f"val_top{k}")]
-                                 for k in (1, 5)})
-    _finish(axes)
-    return fig
+def fig_curves(name:str,               # a key of `CURVES`
+               runs:pd.DataFrame, paper:Paper|None=None) -> Figure:
+    "The main runs' figure `name` of `CURVES`: its panels of curves per epoch, with the paper's epoch-table values where it gives them."
+    return _main_figure(runs, paper or load_paper(), *CURVES[check_choice("figure", name, CURVES)])
 
-@_styled
-def fig_loss(runs:pd.DataFrame, paper:Paper|None=None) -> Figure:
-    "Train and val loss per epoch of the main runs (the paper prints no loss values)."
-    fig, axes, _ = _main_figure(runs, paper or load_paper(), "Loss (IV.A.3)", {"loss": [("train_loss", "train", None), ("val_loss", "val", None)]})
-    _finish(axes)
-    return fig
-
-@_styled
-def fig_features(runs:pd.DataFrame, paper:Paper|None=None) -> Figure:
-    "Mean and std of the backbone's high-level features on the val set, per epoch of the main runs."
-    fig, axes, _ = _main_figure(runs, paper or load_paper(), "Feature mean and std (IV.A.3; mean ≈ 0 by the clamp's re-centring)",
-                                {"feature mean (after the clamp)": [("feat_mean", "feat_mean", None)],
-                                 "feature std": [("feat_std", "feat_std", None)]})
-    _finish(axes)
-    return fig
+fig_momentum, fig_accuracy, fig_loss, fig_features = (functools.partial(fig_curves, name) for name in CURVES)
 
 # %% ../nbs/17_figures.ipynb 45
 def _color(ablation:str, variant:str): return PALETTE[STUDIES[ablation].variants.index(variant)]
