@@ -54,12 +54,15 @@ class QonvViT(nn.Module):
         "Recompute each stage's activations in the backward pass instead of keeping them (training only)."
         self.grad_checkpointing = enable
 
-    def forward(self, x):
-        feats = []
-        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
-        for stage in self.stages:       # B, 128, 32, 32 -> B, 256, 16, 16 -> B, 512, 8, 8 -> B, 1024, 4, 4
+    def forward_stages(self, x, n:int|None=None) -> list[torch.Tensor]:
+        "The outputs of the first `n` stages (all by default); recomputed in backward under `set_grad_checkpointing`."
+        feats, recompute = [], self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        for stage in self.stages[:n]:   # B, 128, 32, 32 -> B, 256, 16, 16 -> B, 512, 8, 8 -> B, 1024, 4, 4
             x = checkpoint(stage, x, use_reentrant=False) if recompute else stage(x)
             feats.append(x)
-        low_feat, high_feat = feats[1], feats[2]
+        return feats
+
+    def forward(self, x):
+        _, low_feat, high_feat = self.forward_stages(x)
         self.feat_stats = feature_stats(high_feat)
         return low_feat, high_feat      # B, 512, 8, 8 and B, 1024, 4, 4

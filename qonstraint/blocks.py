@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from timm.layers import LayerNorm2d
+from timm.layers import LayerNorm2d, register_notrace_function
 
 from .core import check_choice
 
@@ -24,6 +24,7 @@ def norm2d(kind:str,  # "layer" (Qonstraint 5.9) or "batch" (5.5, 5.6)
     return LayerNorm2d(dim) if kind == "layer" else nn.BatchNorm2d(dim)
 
 # %% ../nbs/05_blocks.ipynb 8
+@register_notrace_function   # torch.fx keeps it one opaque call: its mean runs over the input's own dimensions
 def distributional_clamp(x:torch.Tensor,   # B, ... features
                          bound:float=6.0): # clamp to [-bound, bound]
     "Clamp `x` to [-bound, bound], then shift each sample's mean to 0."

@@ -8,17 +8,18 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from timm.layers import SwiGLU, trunc_normal_
+from timm.layers import SwiGLU, register_notrace_module, trunc_normal_
 
-from .core import check_choice
+from .core import QonstraintError, check_choice
 from .blocks import NORMS, distributional_clamp
 from .fusion import multihead_attention
 
 # %% auto 0
 __all__ = ['HEADS', 'TokenBatchNorm', 'token_norm', 'TokenMixer', 'TokenReducer', 'ClassTokenAttention', 'GatedResidualBlock',
-           'SpatialAttentionGate', 'Branches', 'confidence_fusion', 'SOTAQlassifierHead', 'GAPHead']
+           'SpatialAttentionGate', 'Branches', 'confidence_fusion', 'check_pool', 'SOTAQlassifierHead', 'GAPHead']
 
 # %% ../nbs/08_heads.ipynb 5
+@register_notrace_module   # torch.fx: one opaque module (BatchNorm1d checks its input's rank in Python)
 class TokenBatchNorm(nn.BatchNorm1d):
     "BatchNorm over the last (channel) dimension of `B, ..., D` tokens."
     def forward(self, x):
@@ -108,8 +109,18 @@ def confidence_fusion(transformer:torch.Tensor,  # B, num_classes logits of the 
     return 0.4 * c * transformer + 0.4 * (1 - c) * conv + 0.2 * aux, c
 
 # %% ../nbs/08_heads.ipynb 27
+def check_pool(global_pool:str|None, # the new pooling, or None to keep `current`
+               current:str, choices:tuple, num_classes:int) -> str:
+    "The head's pooling after a `reset_classifier`: `global_pool` (one of `choices`) or `current`; '' (unpooled) needs `num_classes=0`."
+    pool = current if global_pool is None else check_choice("global_pool", global_pool, choices)
+    if pool == "" and num_classes: raise QonstraintError(f"global_pool='' returns the unpooled map, which no classifier reads: "
+                                                          f"it needs num_classes=0, got {num_classes}")
+    return pool
+
+# %% ../nbs/08_heads.ipynb 29
 class SOTAQlassifierHead(nn.Module):
     "Class token, SwiGLU, token mixer, TokenReducer, ClassTokenAttention and GRB; three paths fused by confidence."
+    classifiers = ("transformer_fc", "conv_fc", "aux_fc")   # its classifier layers, as timm's `classifier` names them
     def __init__(self, dim:int,             # channels of the fused map
                  num_tokens:int,            # positions of the fused map (8·8 = 64 for Qonstraint 5.9)
                  num_classes:int,
@@ -129,7 +140,8 @@ class SOTAQlassifierHead(nn.Module):
         self.grb = GatedResidualBlock(dim, norm)
         self.transformer_path = nn.Sequential(token_norm(norm, dim), nn.Linear(dim, dim // 2), nn.GELU(), nn.Dropout(drop))
         self.spatial_gate, self.drop = SpatialAttentionGate(dim), nn.Dropout(drop)
-        self.dim, self.clamp = dim, clamp
+        self.dim, self.clamp, self.global_pool = dim, clamp, "token"
+        self.head_hidden_size = dim // 2 + dim   # pre-logit features: the transformer path's and the averaged gated map
         self.reset_classifier(num_classes)
 
     @classmethod
@@ -137,33 +149,42 @@ class SOTAQlassifierHead(nn.Module):
         "The head of a model config (`qonstraint.model.QonstraintConfig`): the constructor every entry of `HEADS` has."
         return cls(cfg.fusion_dim, cfg.feat_size**2, cfg.num_classes, cfg.num_heads, cfg.keep_ratio, cfg.norm, cfg.clamp, cfg.drop_rate)
 
-    def reset_classifier(self, num_classes:int):
-        "New classifier layers of the three paths for `num_classes` classes."
-        self.transformer_fc = nn.Linear(self.dim // 2, num_classes)
-        self.conv_fc = nn.Conv2d(self.dim, num_classes, 1)
-        self.aux_fc = nn.Linear(self.dim, num_classes)
+    def reset_classifier(self, num_classes:int, global_pool:str|None=None):
+        "New classifier layers of the three paths for `num_classes` classes (0: none); `global_pool=''` returns the map unpooled."
+        self.num_classes, self.global_pool = num_classes, check_pool(global_pool, self.global_pool, ("token", ""), num_classes)
+        self.transformer_fc = nn.Linear(self.dim // 2, num_classes) if num_classes else nn.Identity()
+        self.conv_fc = nn.Conv2d(self.dim, num_classes, 1) if num_classes else nn.Identity()
+        self.aux_fc = nn.Linear(self.dim, num_classes) if num_classes else nn.Identity()
 
-    def forward(self, x, return_branches:bool=False):
+    def get_classifier(self) -> tuple: return self.transformer_fc, self.conv_fc, self.aux_fc
+
+    def forward_pool(self, x) -> tuple[torch.Tensor, torch.Tensor]:
+        "What the classifiers read: the transformer path's features `B, D/2` and the gated map `B, D, H, W`."
         tokens = x.flatten(2).transpose(1, 2)                                 # B, D, H, W -> B, N, D
         t = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1) + self.pos_embed  # B, 1+N, D (x.shape[0], not len(x): stays symbolic when traced/exported)
         t = distributional_clamp(t + self.ffn(self.norm(t)), self.clamp)      # B, 1+N, D
         t = distributional_clamp(t + self.token_mixer(t), self.clamp)         # B, 1+N, D
         cls, kept = t[:, :1], self.reducer(t[:, 1:])                          # B, 1, D and B, k, D
         cls = distributional_clamp(cls + self.attn_pool(cls, kept), self.clamp)  # B, 1, D
-        cls = self.grb(cls[:, 0])                                             # B, D
-        transformer = self.transformer_fc(self.transformer_path(cls))         # B, classes
-        g = self.drop(self.spatial_gate(x))                                   # B, D, H, W
+        return self.transformer_path(self.grb(cls[:, 0])), self.drop(self.spatial_gate(x))  # B, D/2 and B, D, H, W
+
+    def forward(self, x, pre_logits:bool=False, return_branches:bool=False):
+        if self.global_pool == "": return x                                   # B, D, H, W: no pooling, no classifier
+        feat, g = self.forward_pool(x)                                        # B, D/2 and B, D, H, W
+        if pre_logits or not self.num_classes: return torch.cat([feat, g.mean((2, 3))], 1)  # B, D/2 + D
+        transformer = self.transformer_fc(feat)                               # B, classes
         conv = self.conv_fc(g).mean((2, 3))                                   # B, classes, H, W -> B, classes
         aux = self.aux_fc(g.mean((2, 3)))                                     # B, D -> B, classes
         fused, c = confidence_fusion(transformer, conv, aux)                  # B, classes and B, 1
         return Branches(fused, transformer, conv, aux, c) if return_branches else fused
 
-# %% ../nbs/08_heads.ipynb 34
+# %% ../nbs/08_heads.ipynb 38
 class GAPHead(nn.Module):
     "Global average pooling → dropout → linear."
+    classifiers = ("fc",)                                   # its classifier layer, as timm's `classifier` names it
     def __init__(self, dim:int, num_classes:int, drop:float=0.1):
         super().__init__()
-        self.drop, self.dim = nn.Dropout(drop), dim
+        self.drop, self.dim, self.global_pool, self.head_hidden_size = nn.Dropout(drop), dim, "avg", dim
         self.reset_classifier(num_classes)
 
     @classmethod
@@ -171,13 +192,19 @@ class GAPHead(nn.Module):
         "The head of a model config (`qonstraint.model.QonstraintConfig`): the constructor every entry of `HEADS` has."
         return cls(cfg.fusion_dim, cfg.num_classes, cfg.drop_rate)
 
-    def reset_classifier(self, num_classes:int):
-        "A new linear classifier for `num_classes` classes."
-        self.fc = nn.Linear(self.dim, num_classes)
+    def reset_classifier(self, num_classes:int, global_pool:str|None=None):
+        "A new linear classifier for `num_classes` classes (0: none, the pooled features come out); `global_pool=''`: the map unpooled."
+        self.num_classes, self.global_pool = num_classes, check_pool(global_pool, self.global_pool, ("avg", ""), num_classes)
+        self.fc = nn.Linear(self.dim, num_classes) if num_classes else nn.Identity()
 
-    def forward(self, x, return_branches:bool=False):
-        logits = self.fc(self.drop(x.mean((2, 3))))  # B, D, H, W -> B, D -> B, classes
+    def get_classifier(self) -> nn.Module: return self.fc
+
+    def forward(self, x, pre_logits:bool=False, return_branches:bool=False):
+        if self.global_pool == "": return x           # B, D, H, W: no pooling, no classifier
+        x = self.drop(x.mean((2, 3)))                 # B, D, H, W -> B, D
+        if pre_logits: return x
+        logits = self.fc(x)                           # B, classes
         return Branches(logits) if return_branches else logits
 
-# %% ../nbs/08_heads.ipynb 37
+# %% ../nbs/08_heads.ipynb 42
 HEADS = {"sota": SOTAQlassifierHead, "gap": GAPHead}  # the `head` choices of the model: name -> class

@@ -4,16 +4,20 @@
 
 # %% ../nbs/09_model.ipynb 2
 from __future__ import annotations
-import math
-from dataclasses import dataclass, fields, replace
+import math, sys
+from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torch._subclasses.fake_tensor import FakeTensorMode
-from timm.layers import trunc_normal_
-from timm.models import register_model
+from fastcore.basics import patch
+from timm.layers import register_notrace_function, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 
+from .augment import TINYIMAGENET_MEAN, TINYIMAGENET_STD
 from .core import QonstraintError, check_choice
 from .stem import STEMS, ConvStem
 from .blocks import NORMS, TOKEN_MIXERS
@@ -22,7 +26,8 @@ from .fusion import FusionBlockV2
 from .heads import HEADS
 
 # %% auto 0
-__all__ = ['PRESETS', 'QonstraintConfig', 'Qonstraint', 'create_model', 'qonstraint_5_5', 'qonstraint_5_6', 'qonstraint_5_9',
+__all__ = ['PAPER', 'PRESETS', 'TIMM_NAMES', 'default_cfgs', 'TIMM_MODULE', 'QonstraintConfig', 'check_image_size', 'Qonstraint',
+           'feature_info', 'network_cfg', 'create_model', 'qonstraint_5_5', 'qonstraint_5_6', 'qonstraint_5_9',
            'qonstraint_lighter', 'qonstraint_heavier', 'qonstraint_heaviest', 'qonstraint_tiny', 'as_config',
            'count_params', 'count_macs', 'saved_bytes', 'MemoryEstimate', 'estimate_memory']
 
@@ -32,7 +37,7 @@ class QonstraintConfig:
     "Everything that defines a Qonstraint network. The defaults are Qonstraint 5.9's."
     img_size:int = 64                         # input height and width, pixels (TinyImageNet: 64, never resized)
     in_chans:int = 3                          # input channels
-    num_classes:int = 200                     # classes (TinyImageNet: 200)
+    num_classes:int = 200                     # classes (TinyImageNet: 200); 0: no classifier, the head's pre-logit features come out
     stem:str = "soft"                         # "soft": 64 -> 32 px (the paper's); "aggressive": 64 -> 16 px
     stem_separable:bool = True                # depthwise-separable 3x3 convs in the stem
     stem_drop_rate:float = 0.05               # dropout after each stem conv
@@ -61,7 +66,7 @@ class QonstraintConfig:
         if (len(self.embed_dims), len(self.depths), len(self.stage_strides)) != (4, 3, 3):
             raise QonstraintError("embed_dims needs 4 widths (stem, then 3 stages), depths and stage_strides 3 values each; "
                                   f"got {self.embed_dims}, {self.depths}, {self.stage_strides}")
-        if self.num_classes < 1: raise QonstraintError(f"num_classes must be at least 1; got {self.num_classes}")
+        if self.num_classes < 0: raise QonstraintError(f"num_classes must be >= 0 (0: no classifier, the model returns features); got {self.num_classes}")
         if self.fusion_dim % self.num_heads:
             raise QonstraintError(f"fusion_dim ({self.fusion_dim}) must be a multiple of num_heads ({self.num_heads})")
         reduction = math.prod(STEMS[self.stem]) * math.prod(self.stage_strides)
@@ -75,6 +80,14 @@ class QonstraintConfig:
         return self.img_size // (math.prod(STEMS[self.stem]) * self.stage_strides[0] * self.stage_strides[1])
 
 # %% ../nbs/09_model.ipynb 9
+@register_notrace_function   # torch.fx: one opaque call, so that a traced input's size is never compared in Python
+def check_image_size(x:torch.Tensor, size:int) -> torch.Tensor:
+    "`x` (B, C, H, W) if its images are `size`×`size`; else a `QonstraintError` that says what to do."
+    if x.shape[-2:] != (size, size):
+        raise QonstraintError(f"this model takes {size}×{size} images; got {tuple(x.shape[-2:])}. "
+                              f"Build it with img_size={x.shape[-1]} or resize the images.")
+    return x
+
 def _init_weights(m:nn.Module):
     "timm's ViT initialisation for linear layers."
     if isinstance(m, nn.Linear):
@@ -83,7 +96,8 @@ def _init_weights(m:nn.Module):
 
 class Qonstraint(nn.Module):
     "Qonstraint: ConvStem → QonvViT backbone → FusionBlockV2 → SOTAQlassifierHead (or GAP head)."
-    def __init__(self, cfg:QonstraintConfig=QonstraintConfig()):
+    def __init__(self, cfg:QonstraintConfig=QonstraintConfig(),
+                 global_pool:str|None=None):  # the head's pooling; '' (with num_classes=0): the fused map comes out unpooled
         super().__init__()
         self.cfg, self.num_classes, self.num_features = cfg, cfg.num_classes, cfg.fusion_dim
         self.stem = ConvStem(cfg.in_chans, cfg.embed_dims[0], cfg.stem, cfg.stem_separable, cfg.stem_drop_rate)
@@ -92,27 +106,30 @@ class Qonstraint(nn.Module):
                                 token_mixer=cfg.token_mixer, res_scale_init=cfg.res_scale_init, clamp=cfg.clamp)
         self.fusion = FusionBlockV2(cfg.embed_dims[2], cfg.embed_dims[3], cfg.fusion_dim, cfg.num_heads, cfg.drop_rate)
         self.head = HEADS[cfg.head].from_config(cfg)        # SOTAQlassifierHead or GAPHead
+        if global_pool is not None: self.head.reset_classifier(cfg.num_classes, global_pool)
+        self.head_hidden_size, self.feature_info = self.head.head_hidden_size, feature_info(cfg)
+        self.pretrained_cfg = self.default_cfg = network_cfg(cfg)   # timm's description of this network (no weights)
         self.apply(_init_weights)
 
     def forward_features(self, x):
-        if x.shape[-2:] != (self.cfg.img_size,) * 2:
-            raise QonstraintError(f"this model takes {self.cfg.img_size}×{self.cfg.img_size} images; got "
-                                  f"{tuple(x.shape[-2:])}. Build it with img_size={x.shape[-1]} or resize the images.")
+        x = check_image_size(x, self.cfg.img_size)
         low_feat, high_feat = self.backbone(self.stem(x))  # B, 3, 64, 64 -> B, 128, 32, 32 -> B, 512, 8, 8 and B, 1024, 4, 4
         return self.fusion(low_feat, high_feat)            # B, 1024, 8, 8
 
-    def forward_head(self, x, return_branches:bool=False):
-        "Logits from the fused map; with `return_branches` a `Branches` tuple with the head's parts."
-        return self.head(x, return_branches)               # B, 1024, 8, 8 -> B, num_classes
+    def forward_head(self, x, pre_logits:bool=False, return_branches:bool=False):
+        "Logits from the fused map; `pre_logits`: what the classifiers read; `return_branches`: a `Branches` tuple of the head's parts."
+        return self.head(x, pre_logits, return_branches)   # B, 1024, 8, 8 -> B, num_classes
 
     def forward(self, x):
         return self.forward_head(self.forward_features(x))  # B, 3, 64, 64 -> B, num_classes
 
-    def reset_classifier(self, num_classes:int):
-        "New classifier layers for `num_classes` classes; the rest of the network is kept."
+    def reset_classifier(self, num_classes:int, global_pool:str|None=None):
+        "New classifier layers for `num_classes` classes (0: none, features come out); the rest of the network is kept."
         self.cfg = replace(self.cfg, num_classes=num_classes)
         self.num_classes = num_classes
-        self.head.reset_classifier(num_classes)
+        self.head.reset_classifier(num_classes, global_pool)
+
+    def get_classifier(self): return self.head.get_classifier()
 
     def set_drop_path(self, rate:float):
         "DropPath `rate` for the deepest block, rising linearly from 0 at the first; takes effect at the next step."
@@ -128,6 +145,60 @@ class Qonstraint(nn.Module):
         return self.backbone.feat_stats
 
 # %% ../nbs/09_model.ipynb 11
+def feature_info(cfg:QonstraintConfig) -> list[dict]:
+    "timm's description of the feature maps: the stem's and each stage's channels, reduction (image side / map side) and module."
+    reductions = [math.prod(STEMS[cfg.stem])]
+    for s in cfg.stage_strides: reductions.append(reductions[-1]*s)
+    modules = ["stem"] + [f"backbone.stages.{i}" for i in range(len(cfg.depths))]
+    return [dict(num_chs=c, reduction=r, module=m) for c, r, m in zip(cfg.embed_dims, reductions, modules)]
+
+PAPER = dict(paper_name="Qonstraint 5.9: Efficient TinyImageNet Classification with a Novel Hybrid Vision Transformer and Classification Head",
+             paper_ids="doi:10.22214/ijraset.2025.73281", license="apache-2.0")   # no weights are published: no url or hub id
+
+def network_cfg(cfg:QonstraintConfig) -> dict:
+    "timm's `pretrained_cfg` of a network: its input and normalisation, fused-map size, first conv and classifier layers."
+    return dict(url="", num_classes=cfg.num_classes, input_size=(cfg.in_chans, cfg.img_size, cfg.img_size), fixed_input_size=True,
+                pool_size=(cfg.feat_size, cfg.feat_size), crop_pct=1.0, crop_mode="center", interpolation="bilinear",
+                mean=TINYIMAGENET_MEAN, std=TINYIMAGENET_STD, first_conv="stem.blocks.0.0" + ".0"*cfg.stem_separable,
+                classifier=tuple(f"head.{n}" for n in HEADS[cfg.head].classifiers), **PAPER)
+
+# %% ../nbs/09_model.ipynb 13
+@patch
+def forward_intermediates(self:Qonstraint, x:torch.Tensor,  # B, 3, 64, 64
+                          indices:int|list|None=None,       # which of the 4 maps: None all, n the last n, or a list
+                          norm:bool=False,                  # timm's argument; the maps have no final norm to apply
+                          stop_early:bool=False,            # run only the stages the maps need
+                          output_fmt:str="NCHW",
+                          intermediates_only:bool=False):   # return only the maps, not the fused map
+    "The stem's and stages' maps at `indices`, and (unless `intermediates_only`) the fused map of `forward_features`."
+    check_choice("output_fmt", output_fmt, ("NCHW",))
+    take, last = feature_take_indices(len(self.feature_info), indices)
+    x = self.stem(check_image_size(x, self.cfg.img_size))                   # B, 128, 32, 32
+    feats = [x, *self.backbone.forward_stages(x, last if stop_early or intermediates_only else None)]  # + B, 256, 16, 16 ...
+    maps = [feats[i] for i in take]
+    return maps if intermediates_only else (self.fusion(feats[2], feats[3]), maps)
+
+@patch
+def prune_intermediate_layers(self:Qonstraint, indices:int|list=1, prune_norm:bool=False, prune_head:bool=True) -> list[int]:
+    "Drop the stages after the last map of `indices` and (with `prune_head`) the classifier and pooling; return the indices taken."
+    take, last = feature_take_indices(len(self.feature_info), indices)
+    self.backbone.stages = self.backbone.stages[:last]       # the stem is map 0; stage i gives map i + 1
+    if prune_head: self.reset_classifier(0, "")
+    return take
+
+# %% ../nbs/09_model.ipynb 15
+@patch
+def no_weight_decay(self:Qonstraint) -> set[str]:
+    "Parameters without weight decay besides the 1-D ones (biases, norms, `res_scale*`): the SOTA head's class token and position embedding."
+    return {n for n, _ in self.named_parameters() if n in ("head.cls_token", "head.pos_embed")}
+
+@patch
+def group_matcher(self:Qonstraint, coarse:bool=False) -> dict:
+    "timm's layer groups, shallowest first: the stem, each stage (or each block of it), the fusion block; the head comes last."
+    stages = r"^backbone\.stages\.(\d+)" if coarse else r"^backbone\.stages\.(\d+)\.(\d+)"
+    return dict(stem=r"^stem", blocks=[(stages, None), (r"^fusion", (99999,))])
+
+# %% ../nbs/09_model.ipynb 17
 _HALF = dict(embed_dims=(64, 128, 256, 512), fusion_dim=512)  # half of 5.9's widths
 
 PRESETS = {
@@ -140,47 +211,63 @@ PRESETS = {
     "tiny": QonstraintConfig(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1), fusion_dim=64),
 }
 
-# %% ../nbs/09_model.ipynb 13
-def create_model(name:str="qonstraint_5_9",  # a key of `PRESETS`
-                 head:str="sota",            # "sota" or "gap"
-                 num_classes:int=200,        # classes
-                 **overrides) -> Qonstraint: # other `QonstraintConfig` fields, e.g. stem="aggressive"
-    "Build the preset `name` with the chosen head, number of classes and config overrides."
-    check_choice("preset", name, PRESETS)
+# %% ../nbs/09_model.ipynb 19
+TIMM_NAMES = {p: p if p.startswith("qonstraint") else f"qonstraint_{p}" for p in PRESETS}   # preset -> timm model name
+default_cfgs = generate_default_cfgs({TIMM_NAMES[p]: network_cfg(c) for p, c in PRESETS.items()})
+TIMM_MODULE = "qonstraint"   # the module name timm lists the presets under
+
+def _from_preset(preset:str, num_classes:int=200, in_chans:int=3, img_size=64, global_pool:str|None=None, **overrides) -> Qonstraint:
+    "The preset with timm's model arguments (`img_size` an int or timm's (H, W)) and `QonstraintConfig` overrides."
     valid = [f.name for f in fields(QonstraintConfig)]
     if unknown := sorted(set(overrides) - set(valid)):
         raise QonstraintError(f"unknown config field(s) {', '.join(unknown)}; valid fields: {', '.join(valid)}")
-    return Qonstraint(replace(PRESETS[name], head=head, num_classes=num_classes, **overrides))
+    size = img_size if isinstance(img_size, int) else img_size[-1]
+    cfg = replace(PRESETS[preset], num_classes=num_classes, in_chans=in_chans, img_size=size, **overrides)
+    return Qonstraint(cfg, global_pool)
 
 def _create_qonstraint(preset:str, pretrained:bool=False, **kwargs) -> Qonstraint:
-    "`create_model` for timm's entry points: no pretrained weights, and timm's loading options are dropped."
-    if pretrained: raise QonstraintError("there are no pretrained Qonstraint weights (the paper trains from scratch); "
-                                         "use pretrained=False")
-    for k in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"): kwargs.pop(k, None)
-    return create_model(preset, **kwargs)
+    "A preset built through timm's `build_model_with_cfg`: its cfg, `features_only`, local pretrained weights."
+    if pretrained and not (kwargs.get("pretrained_cfg_overlay") or {}).get("file"):
+        raise QonstraintError("there are no pretrained Qonstraint weights to download (the paper trains from scratch). Fix: "
+                              "pretrained=False, or load your own file: pretrained=True, pretrained_cfg_overlay=dict(file="
+                              "'runs/<run>/model.safetensors', num_classes=<its classes>)")
+    model = build_model_with_cfg(partial(_from_preset, preset), TIMM_NAMES[preset], pretrained,
+                                 feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"), **kwargs)
+    if isinstance(model, Qonstraint): model.pretrained_cfg = model.default_cfg = model.pretrained_cfg | network_cfg(model.cfg)
+    return model
 
-@register_model
+def create_model(name:str="qonstraint_5_9",  # a key of `PRESETS`
+                 head:str="sota",            # "sota" or "gap"
+                 num_classes:int=200,        # classes; 0: none, the head's pre-logit features come out
+                 **overrides) -> Qonstraint: # other `QonstraintConfig` fields, e.g. stem="aggressive"; or timm's (features_only, ...)
+    "Build the preset `name` with the chosen head, number of classes and config overrides."
+    return _create_qonstraint(check_choice("preset", name, PRESETS), head=head, num_classes=num_classes, **overrides)
+
+
+# %% ../nbs/09_model.ipynb 20
+def _register(fn):
+    "timm's `register_model`, listing `fn` under the module name `qonstraint` (timm takes the last part of `fn.__module__`)."
+    fn.__module__, package = TIMM_MODULE, sys.modules[TIMM_MODULE]
+    package.default_cfgs = default_cfgs          # timm reads the registering module's `default_cfgs` ...
+    setattr(package, fn.__name__, fn)            # ... and lists the entry point in its `__all__`
+    return register_model(fn)
+
+@_register
 def qonstraint_5_5(pretrained=False, **kwargs) -> Qonstraint: return _create_qonstraint("qonstraint_5_5", pretrained, **kwargs)
-
-@register_model
+@_register
 def qonstraint_5_6(pretrained=False, **kwargs) -> Qonstraint: return _create_qonstraint("qonstraint_5_6", pretrained, **kwargs)
-
-@register_model
+@_register
 def qonstraint_5_9(pretrained=False, **kwargs) -> Qonstraint: return _create_qonstraint("qonstraint_5_9", pretrained, **kwargs)
-
-@register_model
+@_register
 def qonstraint_lighter(pretrained=False, **kwargs) -> Qonstraint: return _create_qonstraint("lighter", pretrained, **kwargs)
-
-@register_model
+@_register
 def qonstraint_heavier(pretrained=False, **kwargs) -> Qonstraint: return _create_qonstraint("heavier", pretrained, **kwargs)
-
-@register_model
+@_register
 def qonstraint_heaviest(pretrained=False, **kwargs) -> Qonstraint: return _create_qonstraint("heaviest", pretrained, **kwargs)
-
-@register_model
+@_register
 def qonstraint_tiny(pretrained=False, **kwargs) -> Qonstraint: return _create_qonstraint("tiny", pretrained, **kwargs)
 
-# %% ../nbs/09_model.ipynb 28
+# %% ../nbs/09_model.ipynb 44
 def as_config(cfg:QonstraintConfig|Qonstraint|str) -> QonstraintConfig:
     "The config of a preset name, a model, or a config."
     if isinstance(cfg, str): return PRESETS[check_choice("preset", cfg, PRESETS)]
@@ -197,7 +284,7 @@ def count_macs(cfg:QonstraintConfig|Qonstraint|str) -> int:
         Qonstraint(cfg).eval()(torch.empty(1, cfg.in_chans, cfg.img_size, cfg.img_size))
     return counter.get_total_flops() // 2
 
-# %% ../nbs/09_model.ipynb 29
+# %% ../nbs/09_model.ipynb 45
 def saved_bytes(model:nn.Module, x:torch.Tensor, amp:bool=True) -> int:
     "Bytes of the distinct tensors a training-mode forward of `x` saves for backward (parameters excluded); fp16 autocast if `amp`."
     params = {p.untyped_storage()._cdata for p in model.parameters()}  # _cdata identifies a storage, also a fake one

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
+from timm.optim._param_groups import param_groups_weight_decay
 from timm.utils import ModelEmaV3
 
 from .controller import ConfidenceController, ControlState
@@ -63,9 +64,10 @@ class TrainForward(torch.nn.Module):
     def forward(self, x): return self.model.forward_head(self.model.forward_features(x), return_branches=True)  # B, 3, 64, 64 -> Branches
 
 def make_optimizer(model:torch.nn.Module, device:torch.device, lr:float, betas:tuple, weight_decay:float) -> torch.optim.AdamW:
-    "AdamW, fused into one kernel per step where torch has one (CUDA, CPU), otherwise the multi-tensor (foreach) version."
+    "AdamW with timm's weight-decay rule (none for 1-D parameters and `model.no_weight_decay()`), fused where torch has it (CUDA, CPU)."
     fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay, fused=fused, foreach=not fused)
+    groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=model.no_weight_decay())   # no decay, then decay
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused, foreach=not fused)
 
 # %% ../nbs/13_step.ipynb 9
 @dataclass
