@@ -27,9 +27,8 @@ from .heads import HEADS
 
 # %% auto 0
 __all__ = ['PAPER', 'PRESETS', 'TIMM_NAMES', 'default_cfgs', 'TIMM_MODULE', 'QonstraintConfig', 'check_image_size', 'Qonstraint',
-           'feature_info', 'network_cfg', 'create_model', 'qonstraint_5_5', 'qonstraint_5_6', 'qonstraint_5_9',
-           'qonstraint_lighter', 'qonstraint_heavier', 'qonstraint_heaviest', 'qonstraint_tiny', 'as_config',
-           'count_params', 'count_macs', 'saved_bytes', 'MemoryEstimate', 'estimate_memory']
+           'feature_info', 'network_cfg', 'create_model', 'as_config', 'count_params', 'count_macs', 'saved_bytes',
+           'MemoryEstimate', 'estimate_memory']
 
 # %% ../nbs/09_model.ipynb 5
 @dataclass(frozen=True)
@@ -252,20 +251,14 @@ def _register(fn):
     setattr(package, fn.__name__, fn)            # ... and lists the entry point in its `__all__`
     return register_model(fn)
 
-@_register
-def qonstraint_5_5(pretrained=False, **kwargs) -> Qonstraint: return _create_qonstraint("qonstraint_5_5", pretrained, **kwargs)
-@_register
-def qonstraint_5_6(pretrained=False, **kwargs) -> Qonstraint: return _create_qonstraint("qonstraint_5_6", pretrained, **kwargs)
-@_register
-def qonstraint_5_9(pretrained=False, **kwargs) -> Qonstraint: return _create_qonstraint("qonstraint_5_9", pretrained, **kwargs)
-@_register
-def qonstraint_lighter(pretrained=False, **kwargs) -> Qonstraint: return _create_qonstraint("lighter", pretrained, **kwargs)
-@_register
-def qonstraint_heavier(pretrained=False, **kwargs) -> Qonstraint: return _create_qonstraint("heavier", pretrained, **kwargs)
-@_register
-def qonstraint_heaviest(pretrained=False, **kwargs) -> Qonstraint: return _create_qonstraint("heaviest", pretrained, **kwargs)
-@_register
-def qonstraint_tiny(pretrained=False, **kwargs) -> Qonstraint: return _create_qonstraint("tiny", pretrained, **kwargs)
+def _entry_point(preset:str):
+    "timm's entry point of `preset`, named as timm lists it (`TIMM_NAMES`), registered."
+    def entry_point(pretrained:bool=False, **kwargs) -> Qonstraint: return _create_qonstraint(preset, pretrained, **kwargs)
+    entry_point.__name__ = entry_point.__qualname__ = TIMM_NAMES[preset]
+    entry_point.__doc__ = f"The `{preset}` preset of `PRESETS`, as timm builds it (`_create_qonstraint`)."
+    return _register(entry_point)
+
+for _preset in PRESETS: globals()[TIMM_NAMES[_preset]] = _entry_point(_preset)   # qonstraint_5_9, ..., qonstraint_tiny
 
 # %% ../nbs/09_model.ipynb 44
 def as_config(cfg:QonstraintConfig|Qonstraint|str) -> QonstraintConfig:
