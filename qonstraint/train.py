@@ -57,7 +57,7 @@ class TrainConfig:
     min_lr:float = 1e-4               # end of each cosine cycle; the LR never goes below it
     max_lr:float = 6e-4               # ceiling of the controller's LR boosts
     warmup_epochs:int = 1             # epochs of linear per-step LR warm-up
-    weight_decay:float = 5e-5         # AdamW weight decay
+    weight_decay:float = 5e-5         # AdamW weight decay of the weights (not biases, norms, res_scales, tokens: timm's rule)
     betas:tuple = (0.92, 0.999)       # AdamW betas; β1 is overwritten by the controller's momentum each epoch
     grad_clip:float = 1.0             # max global gradient norm
     swa_start:float = 0.85            # SWA averages the weights from this fraction of the epochs on
