@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test of the project, in the order a reviewer would check them:
 #   1. the library is in sync with the notebooks (nbdev_export changes nothing in qonstraint/),
-#   2. the notebooks are clean (nbdev_clean changes nothing in nbs/),
+#   2. the notebooks are clean (nbdev_clean changes nothing in nbs/) and valid nbformat,
 #   3. every notebook's tests pass (nbdev_test; cells flagged `slow` are skipped).
 # A step that changes files fails, and leaves the changed files for you to review and commit.
 set -uo pipefail
@@ -26,6 +26,15 @@ unchanged() {  # unchanged WHAT DIR CMD...: run CMD and fail if it changed files
 
 unchanged "qonstraint/ is in sync with nbs/" qonstraint nbdev_export
 unchanged "notebooks are clean" nbs nbdev_clean
+python -c "
+import glob, sys, warnings, nbformat
+warnings.simplefilter('ignore')
+bad = []
+for p in sorted(glob.glob('nbs/*.ipynb')):
+    try: nbformat.validate(nbformat.read(p, 4))
+    except nbformat.ValidationError as e: bad.append(f'{p}: {str(e).splitlines()[0]}')
+print('\n'.join(['FAIL: notebooks that are not valid nbformat (papermill refuses them):'] + bad) if bad else 'ok: notebooks are valid nbformat')
+sys.exit(bool(bad))" || exit 1
 
 start=$(date +%s)
 log=$(mktemp)
