@@ -82,8 +82,7 @@ def add_figures_args(p:argparse.ArgumentParser):
 def figures_command(args:argparse.Namespace) -> int:
     "Run `qonstraint figures`: write what the runs allow; one line for each figure or table they do not."
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    written, skipped = write_outputs(load_runs(args.runs_dir), load_paper(), out)
+    written, skipped = write_outputs(load_runs(args.runs_dir), load_paper(), out)   # creates `out`
     for name, why in skipped.items(): print(f"qonstraint figures: skipped {name}: {why.replace(ADD_RUNS, '').strip()}", file=sys.stderr)
     if skipped: print(f"qonstraint figures: {ADD_RUNS}", file=sys.stderr)
     print(f"wrote {len(written)} files into {out}: {' '.join(p.name for p in written)}")

@@ -10,8 +10,9 @@ from dataclasses import asdict, dataclass
 from .core import QonstraintError, check_choice
 
 # %% auto 0
-__all__ = ['confidence', 'reward_of', 'ControllerConfig', 'base_lr_at', 'aug_phase', 'late_stage', 'ema_decay_at',
-           'label_smoothing_at', 'drop_path_at', 'mix_prob_at', 'aux_weight_at', 'ControlState', 'ConfidenceController']
+__all__ = ['confidence', 'reward_of', 'ControllerConfig', 'base_lr_at', 'aug_phase', 'phase2_starts', 'late_stage',
+           'ema_decay_at', 'label_smoothing_at', 'drop_path_at', 'mix_prob_at', 'aux_weight_at', 'ControlState',
+           'ConfidenceController']
 
 # %% ../nbs/10_controller.ipynb 5
 def confidence(reward:float) -> float:
@@ -74,6 +75,11 @@ def aug_phase(epoch:int,    # the current epoch, counted from 0
     if not (isinstance(epoch, int) and 0 <= epoch < epochs):
         raise QonstraintError(f"epoch must be an integer in 0..{epochs - 1} (counted from 0), got {epoch!r}")
     return 1 if 2*epoch < epochs else 2
+
+def phase2_starts(epoch:int,   # counted from 1, as the log's epochs are
+                  epochs:int) -> bool:
+    "Whether `epoch` is the first of augmentation phase 2 (the log's `phase2` event)."
+    return 1 < epoch <= epochs and aug_phase(epoch - 2, epochs) == 1 and aug_phase(epoch - 1, epochs) == 2
 
 # %% ../nbs/10_controller.ipynb 16
 def late_stage(cfg:ControllerConfig, epoch:int) -> bool:

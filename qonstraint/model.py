@@ -27,8 +27,8 @@ from .heads import HEADS
 
 # %% auto 0
 __all__ = ['PAPER', 'PRESETS', 'TIMM_NAMES', 'default_cfgs', 'TIMM_MODULE', 'QonstraintConfig', 'check_image_size', 'Qonstraint',
-           'feature_info', 'network_cfg', 'create_model', 'as_config', 'count_params', 'count_macs', 'saved_bytes',
-           'MemoryEstimate', 'estimate_memory']
+           'feature_info', 'network_cfg', 'preset_config', 'create_model', 'as_config', 'count_params', 'count_macs',
+           'saved_bytes', 'MemoryEstimate', 'estimate_memory']
 
 # %% ../nbs/09_model.ipynb 5
 @dataclass(frozen=True)
@@ -215,14 +215,20 @@ TIMM_NAMES = {p: p if p.startswith("qonstraint") else f"qonstraint_{p}" for p in
 default_cfgs = generate_default_cfgs({TIMM_NAMES[p]: network_cfg(c) for p, c in PRESETS.items()})
 TIMM_MODULE = "qonstraint"   # the module name timm lists the presets under
 
-def _from_preset(preset:str, num_classes:int=200, in_chans:int=3, img_size=64, global_pool:str|None=None, **overrides) -> Qonstraint:
-    "The preset with timm's model arguments (`img_size` an int or timm's (H, W)) and `QonstraintConfig` overrides."
+def preset_config(preset:str, **overrides) -> QonstraintConfig:
+    "The preset as `PRESETS` defines it today, with `QonstraintConfig` overrides; an unknown preset or field is an error."
+    check_choice("preset", preset, PRESETS)
     valid = [f.name for f in fields(QonstraintConfig)]
     if unknown := sorted(set(overrides) - set(valid)):
         raise QonstraintError(f"unknown config field(s) {', '.join(unknown)}; valid fields: {', '.join(valid)}")
-    size = img_size if isinstance(img_size, int) else img_size[-1]
-    cfg = replace(PRESETS[preset], num_classes=num_classes, in_chans=in_chans, img_size=size, **overrides)
-    return Qonstraint(cfg, global_pool)
+    return replace(PRESETS[preset], **overrides)
+
+def _from_preset(preset:str, num_classes:int=200, in_chans:int=3, img_size=64, global_pool:str|None=None, **overrides) -> Qonstraint:
+    "The preset with timm's model arguments (`img_size` an int or timm's square (H, W)) and `QonstraintConfig` overrides."
+    if not isinstance(img_size, int):
+        if img_size[-2] != img_size[-1]: raise QonstraintError(f"Qonstraint takes square images; got img_size={tuple(img_size)}")
+        img_size = img_size[-1]
+    return Qonstraint(preset_config(preset, num_classes=num_classes, in_chans=in_chans, img_size=img_size, **overrides), global_pool)
 
 def _create_qonstraint(preset:str, pretrained:bool=False, **kwargs) -> Qonstraint:
     "A preset built through timm's `build_model_with_cfg`: its cfg, `features_only`, local pretrained weights."

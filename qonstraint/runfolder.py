@@ -5,7 +5,7 @@
 # %% ../nbs/11_runfolder.ipynb 2
 from __future__ import annotations
 import csv, json, os, subprocess, warnings
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ import qonstraint
 from .controller import ControlState
 from .core import QonstraintError, atomic_write, check_choice
 from .data import load_dataset
-from .model import PRESETS, Qonstraint, QonstraintConfig
+from .model import Qonstraint, QonstraintConfig, preset_config
 
 # %% auto 0
 __all__ = ['CONFIG_FILE', 'CLASSES_FILE', 'LOG_FILE', 'SUMMARY_FILE', 'LOG_FILES', 'WEIGHT_FILES', 'ADD_RUNS', 'LOG_COLUMNS',
@@ -104,8 +104,7 @@ def git_commit() -> str|None:
 def preset_network(preset:str, num_classes:int, head:str="sota", stem:str="soft",
                    model:dict|None=None) -> QonstraintConfig: # `QonstraintConfig` overrides, e.g. {"depths": (2, 3, 5)}
     "The network a preset names *today*, with a head, stem, class count and overrides."
-    model = {k: tuple(v) if isinstance(v, list) else v for k, v in (model or {}).items()}
-    return replace(PRESETS[check_choice("preset", preset, PRESETS)], head=head, stem=stem, num_classes=num_classes, **model)
+    return preset_config(preset, head=head, stem=stem, num_classes=num_classes, **(model or {}))   # JSON lists: QonstraintConfig makes them tuples
 
 def network_from_json(d:dict) -> QonstraintConfig:
     "The `QonstraintConfig` that config.json's `network` records (JSON lists back to tuples)."
@@ -205,8 +204,7 @@ def read_run(run_dir:Path|str) -> Run:
     if missing := [n for n in LOG_FILES if not (d/n).is_file()]:
         raise QonstraintError(f"run folder {d} has no {' and no '.join(missing)} (a run folder holds {', '.join(LOG_FILES)}). Fix: copy "
                               "the missing file(s) from the run; a run killed before it finished writes summary.json when resumed.")
-    fix = "Fix: copy it again from the run, or remove the folder."
-    return Run(d, read_log(d), read_json(d/SUMMARY_FILE, fix), read_json(d/CONFIG_FILE, fix))
+    return Run(d, read_log(d), read_json(d/SUMMARY_FILE), read_json(d/CONFIG_FILE))
 
 def run_state(run_dir:Path|str) -> str:
     "`new`, `finished`, `stopped` (resumable) or `broken`: what a run folder allows."
@@ -265,8 +263,9 @@ def upgrade_run(run_dir:Path|str) -> dict:
         network = run_network(config, run_dir)
         there = [w for w in WEIGHT_FILES if (run_dir/WEIGHT_FILES[w]).is_file()]
         if there: load_network(run_dir/WEIGHT_FILES[there[0]], config | dict(network=asdict(network)), run_dir)  # the weights fit it
-    write_json(run_dir/CONFIG_FILE, config | dict(network=asdict(network)))
-    return read_json(run_dir/CONFIG_FILE)
+    config |= dict(network=asdict(network))
+    write_json(run_dir/CONFIG_FILE, config)
+    return config
 
 # %% ../nbs/11_runfolder.ipynb 28
 def class_info(data) -> dict:

@@ -13,7 +13,7 @@ import pandas as pd
 
 import qonstraint
 from .collate import MIX_MODES
-from .controller import ConfidenceController, aug_phase
+from .controller import ConfidenceController, phase2_starts
 from .core import QonstraintError, check_choice
 from .model import PRESETS
 from .runfolder import (CONFIG_FILE, LOG_FILE, SUMMARY_FILE, RunLog, log_row, preset_network, write_config,
@@ -192,7 +192,7 @@ def _fixture_log(run_dir:Path, curves:dict, epochs:int, controller:dict) -> RunL
     at = lambda d, i: {k: float(v[i]) for k, v in d.items()}
     for i, epoch in enumerate(range(1, epochs + 1)):
         s, new = ctrl.state, ctrl.update(float(curves["val"]["top1"][i]))
-        events = ["phase2"]*(epoch > 1 and aug_phase(epoch - 2, epochs) < s.aug_phase) + ["swa_start"]*(epoch == math.ceil(FIXTURE_SWA*epochs))
+        events = ["phase2"]*phase2_starts(epoch, epochs) + ["swa_start"]*(epoch == math.ceil(FIXTURE_SWA*epochs))
         log.append(log_row(epoch, s, new, at(curves["train"], i) | dict(n=1000), at(curves["val"], i), float(curves["seconds"][i]),
                            float(curves["mem"][i]), events, reload=epoch == round(FIXTURE_SWA*epochs)))
     return log

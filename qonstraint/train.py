@@ -6,6 +6,7 @@
 from __future__ import annotations
 import argparse, json, math, sys, time, warnings
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ from tqdm.std import tqdm
 
 from .augment import AUG_LEVELS, train_transform, val_transform
 from .collate import MIX_MODES, MixCollate
-from .controller import ConfidenceController, ControlState, ControllerConfig, aug_phase
+from .controller import ConfidenceController, ControlState, ControllerConfig, phase2_starts
 from .core import AMP_MODES, AmpPolicy, QonstraintError, amp_policy, atomic_write, check_choice, seed_everything, seed_worker, set_rng_state
 from .data import DATASETS, DataBundle, load_dataset
 from .device_augment import DeviceAugment, DeviceMix, device_batches
@@ -229,6 +230,8 @@ class Parts:
     def dir(self) -> Path: return self.cfg.run_dir
     @property
     def log(self) -> RunLog: return RunLog(self.cfg.run_dir/"log.csv")
+    @cached_property
+    def val_loader(self) -> DataLoader: return eval_loader(self, self.data.val)   # made once, used every epoch
 
 # %% ../nbs/14_train.ipynb 26
 def make_trainer(cfg:TrainConfig, model:Qonstraint, ctrl:ConfidenceController, env:DistEnv, device, amp, n_train:int) -> tuple[Trainer, bool]:
@@ -330,10 +333,10 @@ def train_one(p:Parts, epoch:int) -> tuple[dict, Decision]:
     p.trainer.apply(s)
     freeze_backbone(p.model, epoch <= cfg.freeze_epochs)
     t = p.trainer.train_epoch(progress(*train_batches(p, epoch, s), epoch, p), s)
-    v = evaluate(p.model, eval_loader(p, p.data.val), p.device, p.amp)
+    v = evaluate(p.model, p.val_loader, p.device, p.amp)
     d = decide(cfg, epoch, v["top1"], t["nonfinite"], p.best["val_top1"], p.best["epoch"], time.time() - p.t0, time.time() - start)
     d = replace(d, stop=rank0_says(p, d.stop))
-    events = ["phase2"] if s.aug_phase == 2 and epoch > 1 and aug_phase(epoch - 2, cfg.epochs) == 1 else []
+    events = ["phase2"]*phase2_starts(epoch, cfg.epochs)
     if d.swa:
         if p.swa is None: p.swa, events = AveragedModel(p.model), events + ["swa_start"]
         p.swa.update_parameters(p.model)
@@ -366,8 +369,8 @@ def final_evaluation(p:Parts) -> dict:
     if p.swa is not None:   # SWA's BatchNorm statistics, from the whole train split in every process
         update_bn((x.to(p.device) for x, _ in eval_loader(p, p.data.train, shard=False)), p.swa)
         weights["swa"] = p.swa.module
-    val, test = eval_loader(p, p.data.val), eval_loader(p, p.data.test)
-    results = {k: dict(val=evaluate(m, val, p.device, p.amp), test=evaluate(m, test, p.device, p.amp)) for k, m in weights.items()}
+    test = eval_loader(p, p.data.test)
+    results = {k: dict(val=evaluate(m, p.val_loader, p.device, p.amp), test=evaluate(m, test, p.device, p.amp)) for k, m in weights.items()}
     chosen = max(results, key=lambda k: results[k]["val"]["top1"])
     if p.env.main:
         tensors = {k: v.detach().cpu().clone() for k, v in weights[chosen].state_dict().items()}
