@@ -4,7 +4,8 @@
 
 # %% ../nbs/13_step.ipynb 2
 from __future__ import annotations
-import resource, shutil, socket, sys, tempfile, warnings
+import resource, shutil, socket, sys, tempfile, time, warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -21,8 +22,8 @@ from .runfolder import preset_network
 
 # %% auto 0
 __all__ = ['soft_cross_entropy', 'hardness_weights', 'training_loss', 'topk_correct', 'epoch_totals', 'TrainForward',
-           'make_optimizer', 'Trainer', 'evaluate', 'build_trainer', 'compile_unavailable', 'compile_forward',
-           'memory_advice', 'peak_mem_mb', 'ddp_grad_check']
+           'make_optimizer', 'StepEma', 'Trainer', 'evaluate', 'build_trainer', 'synchronize', 'time_steps',
+           'compile_unavailable', 'compile_forward', 'memory_advice', 'peak_mem_mb', 'ddp_grad_check']
 
 # %% ../nbs/13_step.ipynb 5
 def soft_cross_entropy(logits:torch.Tensor,  # B, C
@@ -69,7 +70,22 @@ def make_optimizer(model:torch.nn.Module, device:torch.device, lr:float, betas:t
     groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=model.no_weight_decay())   # no decay, then decay
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused, foreach=not fused)
 
-# %% ../nbs/13_step.ipynb 9
+# %% ../nbs/13_step.ipynb 10
+class StepEma(ModelEmaV3):
+    "timm's `ModelEmaV3`, its per-step update done by foreach ops on parameter lists gathered once (not two `state_dict`s a step)."
+    _params:tuple = (None, [], [])           # (the model, its float parameters, the copy's), gathered at the first update
+
+    @torch.no_grad()
+    def apply_update_(self, model:torch.nn.Module, decay:float):
+        if self._params[0] is not model:
+            self._params = (model, list(model.parameters()), list(self.module.parameters()))
+        _, mine, copies = self._params
+        floats = [(e, m) for e, m in zip(self.module.buffers(), model.buffers()) if e.is_floating_point()]
+        for e, m in zip(self.module.buffers(), model.buffers()):
+            if not e.is_floating_point(): e.copy_(m)                                   # counters: copied
+        torch._foreach_lerp_(copies + [e for e, _ in floats], mine + [m for _, m in floats], 1. - decay)
+
+# %% ../nbs/13_step.ipynb 13
 @dataclass
 class Trainer:
     "The objects one training step touches."
@@ -77,15 +93,13 @@ class Trainer:
     forward:torch.nn.Module     # its `TrainForward`, possibly wrapped in DDP and compiled
     opt:torch.optim.Optimizer
     scaler:torch.amp.GradScaler
-    ema:ModelEmaV3
+    ema:StepEma
     amp:AmpPolicy
     device:torch.device
     grad_clip:float
     warmup_steps:int
     step:int = 0
-
-    @property
-    def memory_format(self): return torch.channels_last if self.device.type == "cuda" else torch.preserve_format
+    memory_format:torch.memory_format = torch.preserve_format   # of the weights and each batch; channels_last on CUDA
 
     def apply(self, s:ControlState):
         "Write the controller's settings for the coming epoch into the optimizer, EMA and model."
@@ -113,7 +127,7 @@ class Trainer:
         self.ema.update(self.model)
         self.step += 1
 
-# %% ../nbs/13_step.ipynb 11
+# %% ../nbs/13_step.ipynb 15
 @patch
 def train_step(self:Trainer, x:torch.Tensor, target:torch.Tensor, s:ControlState) -> torch.Tensor:
     "One step on images `B, 3, 64, 64` and soft targets `B, C`; returns its loss·B, top-1 and top-5 hits and non-finite flag, on the device."
@@ -150,17 +164,34 @@ def evaluate(model:torch.nn.Module, loader, device:torch.device, amp) -> dict:
     loss, top1, top5, fm, fs, n, batches = epoch_totals(sums, n, batches)
     return dict(loss=loss/n, top1=100*top1/n, top5=100*top5/n, feat_mean=fm/batches, feat_std=fs/batches)
 
-# %% ../nbs/13_step.ipynb 13
+# %% ../nbs/13_step.ipynb 17
 def build_trainer(model:Qonstraint, device:torch.device, amp:AmpPolicy, lr:float, betas:tuple, weight_decay:float,
-                  grad_clip:float, warmup_steps:int, ema_decay:float) -> Trainer:
+                  grad_clip:float, warmup_steps:int, ema_decay:float,
+                  channels_last:bool|None=None) -> Trainer:   # None: on CUDA only
     "A `Trainer` for `model` on `device`: its training forward, fused AdamW, the AMP scaler and the EMA of its weights."
-    model = model.to(device)
-    t = Trainer(model, TrainForward(model), make_optimizer(model, device, lr, betas, weight_decay), amp.make_scaler(device.type),
-                ModelEmaV3(model, decay=ema_decay), amp, device, grad_clip, warmup_steps)
-    model.to(memory_format=t.memory_format)
-    return t
+    layout = torch.channels_last if (device.type == "cuda" if channels_last is None else channels_last) else torch.preserve_format
+    model = model.to(device, memory_format=layout)
+    return Trainer(model, TrainForward(model), make_optimizer(model, device, lr, betas, weight_decay), amp.make_scaler(device.type),
+                   StepEma(model, decay=ema_decay), amp, device, grad_clip, warmup_steps, memory_format=layout)  # the EMA copies the model in its layout
 
-# %% ../nbs/13_step.ipynb 18
+# %% ../nbs/13_step.ipynb 22
+def synchronize(device:torch.device):
+    "Wait until `device` has finished the work queued on it (CUDA); nothing to wait for elsewhere."
+    if device.type == "cuda": torch.cuda.synchronize(device)
+
+def time_steps(step:Callable,               # called with each batch
+               batches:Iterable, steps:int, device:torch.device,
+               warmup:int=2) -> float:      # calls before the timed window
+    "Seconds per call of `step(batch)` over `steps` batches after `warmup` more, the device synchronised only at the window's edges."
+    it = iter(batches)
+    for _ in range(warmup): step(next(it))
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps): step(next(it))
+    synchronize(device)
+    return (time.perf_counter() - start)/steps
+
+# %% ../nbs/13_step.ipynb 25
 def compile_unavailable(device:torch.device) -> str|None:
     "Why `torch.compile` cannot run on `device` here, or None if it can."
     if not torch._dynamo.is_dynamo_supported(): return f"torch.compile does not support Python {sys.version.split()[0]} on this platform"
@@ -173,7 +204,7 @@ def compile_forward(forward:torch.nn.Module, device:torch.device) -> tuple[torch
     warnings.warn(f"compile=True, but {why}: training runs eagerly (same results, slower).", stacklevel=2)
     return forward, False
 
-# %% ../nbs/13_step.ipynb 21
+# %% ../nbs/13_step.ipynb 28
 def memory_advice(model_cfg:QonstraintConfig, batch:int, device:torch.device, amp:AmpPolicy, checkpoint_stages:bool) -> str|None:
     "On a GPU: a warning when the estimated memory of a step of `batch` images exceeds 90 % of the card's, naming what lowers it."
     if device.type != "cuda": return None
@@ -189,11 +220,11 @@ def peak_mem_mb(device:torch.device) -> float:
     if device.type == "cuda": return torch.cuda.max_memory_allocated(device)/2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024
 
-# %% ../nbs/13_step.ipynb 24
+# %% ../nbs/13_step.ipynb 31
 def _step_gradients(forward:torch.nn.Module, model:Qonstraint, x:torch.Tensor, target:torch.Tensor) -> dict:
     "The gradients of one `Trainer.backward` on the CPU, with the model in eval mode (no DropPath, BatchNorm on running statistics)."
     cpu, amp = torch.device("cpu"), amp_policy("cpu")
-    trainer = Trainer(model, forward, make_optimizer(model, cpu, 5e-4, (0.9, 0.999), 0.0), amp.make_scaler("cpu"), ModelEmaV3(model), amp, cpu, 1.0, 0)
+    trainer = Trainer(model, forward, make_optimizer(model, cpu, 5e-4, (0.9, 0.999), 0.0), amp.make_scaler("cpu"), StepEma(model), amp, cpu, 1.0, 0)
     model.eval()
     trainer.backward(x, target, ConfidenceController(1).state)
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
