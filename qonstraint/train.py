@@ -20,7 +20,8 @@ from tqdm.std import tqdm
 from .augment import AUG_LEVELS, train_transform, val_transform
 from .collate import MIX_MODES, MixCollate
 from .controller import ConfidenceController, ControlState, ControllerConfig, phase2_starts
-from .core import AMP_MODES, AmpPolicy, QonstraintError, amp_policy, atomic_write, check_choice, seed_everything, seed_worker, set_rng_state
+from .core import (AMP_MODES, AmpPolicy, QonstraintError, amp_policy, atomic_write, check_choice, on_kaggle, seed_everything,
+                             seed_worker, set_rng_state)
 from .data import DATASETS, DataBundle, load_dataset
 from .device_augment import DeviceAugment, DeviceMix, device_batches
 from .distributed import DistEnv, barrier, dist_env, gather_rng_states, join_processes, launch, reduce_sum, wrap_ddp
@@ -30,13 +31,14 @@ from .runfolder import (CLASSES_FILE, CONFIG_FILE, SUMMARY_FILE, WEIGHT_FILES, R
                                   load_checkpoint, log_row, preset_network, read_json, read_run, run_network, save_checkpoint,
                                   write_config, write_json)
 from .stem import STEMS
-from .step import Trainer, build_trainer, compile_forward, evaluate, memory_advice, peak_mem_mb
+from .step import Trainer, build_trainer, compile_forward, compile_unavailable, evaluate, memory_advice, peak_mem_mb
 
 # %% auto 0
-__all__ = ['TrainConfig', 'check_train_config', 'parse_settings', 'Decision', 'over_budget', 'reload_reason', 'decide',
-           'check_init_from', 'make_network', 'freeze_backbone', 'epoch_order', 'make_loader', 'Parts', 'make_trainer',
-           'build_run', 'eval_loader', 'train_batches', 'progress', 'start_run', 'save', 'resume_run', 'rank0_says',
-           'train_one', 'record', 'final_evaluation', 'finish', 'fit', 'main']
+__all__ = ['KAGGLE_SESSION_MINUTES', 'TrainConfig', 'check_train_config', 'parse_settings', 'Decision', 'over_budget',
+           'reload_reason', 'decide', 'check_init_from', 'make_network', 'freeze_backbone', 'epoch_order',
+           'make_loader', 'on_device', 'Parts', 'make_trainer', 'build_run', 'eval_loader', 'train_batches', 'progress',
+           'start_run', 'save', 'resume_run', 'rank0_says', 'train_one', 'record', 'final_evaluation', 'finish',
+           'time_budget', 'duration', 'Projection', 'faster_options', 'foresee', 'fit', 'main']
 
 # %% ../nbs/14_train.ipynb 5
 @dataclass
@@ -76,7 +78,7 @@ class TrainConfig:
     num_workers:int = 2               # DataLoader worker processes
     init_from:str|None = None         # run folder to start from (its network and model.safetensors); a new classifier if the class count differs
     freeze_epochs:int = 0             # first epochs with the backbone (stem, stages, fusion) frozen: only the head trains
-    data_on_device:bool = False       # keep the uint8 train split on the device; augment and mix whole batches there, per sample
+    data_on_device:bool|str = "auto"  # keep the uint8 train split on the device and augment and mix whole batches there, per sample; "auto": see `on_device`
     compile:bool = False              # torch.compile the training forward; warns and runs eagerly where it cannot
     checkpoint_stages:bool = False    # recompute the backbone stages in backward (activation checkpointing): less memory, more compute
     devices:int = 1                   # processes, one per GPU (DDP); batch_size and lr stay those of the whole (global) batch
@@ -120,6 +122,7 @@ def check_train_config(c:TrainConfig):
     _check(c, "reload_at", lambda v: all(0 < f <= 1 for f in v), "fractions in (0, 1]")
     _check(c, "betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)")
     _check(c, "max_minutes", lambda v: v is None or v > 0, "positive, or None")
+    _check(c, "data_on_device", lambda v: v in (True, False, "auto"), 'True, False or "auto"')
     if c.batch_size % c.devices:
         raise QonstraintError(f"batch_size={c.batch_size} must split evenly over devices={c.devices} (each process takes "
                               f"batch_size/devices images a step). Fix: a batch_size divisible by {c.devices}.")
@@ -209,7 +212,21 @@ def make_loader(split, tfm, batch_size:int, order:torch.Tensor, seed:int, num_wo
                       collate_fn=collate, generator=torch.Generator().manual_seed(seed), worker_init_fn=seed_worker,
                       pin_memory=device.type == "cuda")
 
-# %% ../nbs/14_train.ipynb 24
+def on_device(data_on_device:bool|str, device:torch.device,
+              train_bytes:int,           # the uint8 train split's size
+              say:bool=False) -> bool:   # print why, when "auto" keeps the DataLoader
+    "Whether a run keeps its train split on `device` and augments there: as asked; \"auto\": on the CPU, and on a GPU if the split takes at most 1/8 of it."
+    if data_on_device != "auto": return data_on_device
+    if device.type == "cpu": return True
+    if device.type == "cuda":
+        card = torch.cuda.get_device_properties(device).total_memory
+        if train_bytes <= card/8: return True
+        why = f"the train split ({train_bytes/2**30:.2f} GiB) would take more than 1/8 of this GPU's {card/2**30:.1f} GiB"
+    else: why = f"the batched path is not tested on {device.type}"
+    if say: print(f'data_on_device="auto": {why}; augmenting per image in DataLoader workers (data_on_device=True overrides)', flush=True)
+    return False
+
+# %% ../nbs/14_train.ipynb 25
 @dataclass
 class Parts:
     "Everything one process of a run holds: its configuration, data, network, controller, trainer, and progress."
@@ -233,7 +250,7 @@ class Parts:
     @cached_property
     def val_loader(self) -> DataLoader: return eval_loader(self, self.data.val)   # made once, used every epoch
 
-# %% ../nbs/14_train.ipynb 26
+# %% ../nbs/14_train.ipynb 27
 def make_trainer(cfg:TrainConfig, model:Qonstraint, ctrl:ConfidenceController, env:DistEnv, device, amp, n_train:int) -> tuple[Trainer, bool]:
     "The run's `Trainer` (its forward DDP-wrapped and compiled as `cfg` asks), and whether it compiled."
     steps = cfg.warmup_epochs*math.ceil(n_train//env.world/(cfg.batch_size//env.world))
@@ -243,13 +260,15 @@ def make_trainer(cfg:TrainConfig, model:Qonstraint, ctrl:ConfidenceController, e
     t.forward, compiled = compile_forward(t.forward, device)
     return t, compiled
 
-def build_run(cfg:TrainConfig) -> Parts:
-    "The parts of one process of the run `cfg` describes."
+def build_run(cfg:TrainConfig,
+              data:DataBundle|None=None) -> Parts:  # None: the dataset `cfg` names (`qonstraint.plan` passes stand-in images)
+    "The parts of one process of the run `cfg` describes, its `data_on_device` decided (see `on_device`)."
     env, device = join_processes(cfg.devices, cfg.device)
     amp = amp_policy(device, cfg.amp)
     seed_everything(cfg.seed)
     if cfg.init_from is not None and not cfg.resume: check_init_from(cfg)     # a resumed run has its own weights
-    data = load_dataset(cfg.dataset, root=cfg.data_dir, seed=cfg.seed, download=cfg.download)
+    data = data or load_dataset(cfg.dataset, root=cfg.data_dir, seed=cfg.seed, download=cfg.download)
+    cfg = replace(cfg, data_on_device=on_device(cfg.data_on_device, device, data.train.images.nbytes, env.main))
     model = make_network(cfg, data.num_classes)
     model.set_grad_checkpointing(cfg.checkpoint_stages)
     if env.main and (advice := memory_advice(model.cfg, cfg.batch_size//cfg.devices, device, amp, cfg.checkpoint_stages)):
@@ -260,7 +279,7 @@ def build_run(cfg:TrainConfig) -> Parts:
     trainer, compiled = make_trainer(cfg, model, ctrl, env, device, amp, len(data.train))
     return Parts(cfg, env, device, amp, data, model, ctrl, trainer, compiled)
 
-# %% ../nbs/14_train.ipynb 28
+# %% ../nbs/14_train.ipynb 29
 def eval_loader(p:Parts, split, shard:bool=True) -> DataLoader:
     "Evaluation batches of `split`: this process's share of it under DDP (`shard`), else all of it."
     env = p.env if shard else DistEnv()
@@ -287,7 +306,7 @@ def progress(batches, steps:int, epoch:int, p:Parts):
     return tqdm(batches, total=steps, desc=f"epoch {epoch}/{p.cfg.epochs}", leave=not tty, disable=not (p.env.main and (tty or IN_NOTEBOOK)),
                 mininterval=5, file=sys.stderr, dynamic_ncols=True)
 
-# %% ../nbs/14_train.ipynb 30
+# %% ../nbs/14_train.ipynb 31
 def start_run(p:Parts) -> int:
     "Create the run folder and its config.json and classes.json (never over an existing run); return the first epoch."
     if (p.dir/"log.csv").exists() or (p.dir/WEIGHT_FILES["last"]).exists():
@@ -321,7 +340,7 @@ def resume_run(p:Parts) -> int:
     set_rng_state(ck["rng"][p.env.rank] if isinstance(ck["rng"], list) else ck["rng"])
     return ck["epoch"] + 1
 
-# %% ../nbs/14_train.ipynb 32
+# %% ../nbs/14_train.ipynb 33
 def rank0_says(p:Parts, flag:bool) -> bool:
     "Rank 0's `flag`, in every process."
     if p.env.world == 1: return flag
@@ -360,7 +379,7 @@ def record(p:Parts, row:dict, d:Decision):
               f"val loss {row['val_loss']:.3f} top1 {row['val_top1']:.2f} top5 {row['val_top5']:.2f}  lr {row['lr']:.2e}  "
               f"conf {row['confidence']:.3f}  {row['event']}  {row['epoch_seconds']:.1f}s", flush=True)
 
-# %% ../nbs/14_train.ipynb 34
+# %% ../nbs/14_train.ipynb 35
 def final_evaluation(p:Parts) -> dict:
     "Best-checkpoint, EMA and SWA weights on val and test; the best by val top-1 becomes model.safetensors."
     weights = {"best": p.model, "ema": p.trainer.ema.module}
@@ -389,15 +408,67 @@ def finish(p:Parts, status:str) -> Run:
     barrier()
     return read_run(p.dir)
 
-# %% ../nbs/14_train.ipynb 36
+# %% ../nbs/14_train.ipynb 37
+KAGGLE_SESSION_MINUTES = 12*60   # a Kaggle notebook session's limit
+
+def time_budget(cfg:TrainConfig) -> tuple[float|None, str]:
+    "The minutes a run must finish in, and what sets them: `max_minutes`, else Kaggle's 12-hour session (on Kaggle), else none."
+    if cfg.max_minutes is not None: return cfg.max_minutes, f"max_minutes={cfg.max_minutes:g}"
+    if on_kaggle(): return KAGGLE_SESSION_MINUTES, "Kaggle's 12-hour session"
+    return None, "no time limit set"
+
+def duration(seconds:float) -> str:
+    "Seconds as a short readable duration."
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds/60:.1f} min" if seconds < 7200 else f"{seconds/3600:.1f} h"
+
+@dataclass(frozen=True)
+class Projection:
+    "A whole run's wall-clock time, projected from the seconds of one epoch."
+    epoch_s:float           # one epoch (training and validation)
+    epochs_left:int         # epochs still to train
+    spent_s:float           # seconds already spent
+    budget_min:float|None   # minutes it must finish in; None: no limit
+    budget:str              # what sets the budget
+    @property
+    def total_s(self) -> float: return self.spent_s + self.epochs_left*self.epoch_s
+    @property
+    def fits(self) -> bool|None: return None if self.budget_min is None else self.total_s <= 60*self.budget_min
+    def __str__(self):
+        verdict = (self.budget if self.fits is None else f"fits {self.budget}" if self.fits else
+                   f"will NOT finish within {self.budget} ({duration(60*self.budget_min)})")
+        return (f"projected run time: {duration(self.total_s)} ({duration(self.spent_s)} spent + {self.epochs_left} epochs × "
+                f"{duration(self.epoch_s)}, the final evaluation not counted): {verdict}")
+
+def faster_options(cfg:TrainConfig, device:torch.device, compiled:bool) -> list[str]:
+    "What would make a run faster on `device`, among what it does not use yet."
+    opts = []
+    if device.type == "cuda" and (n := torch.cuda.device_count()) > cfg.devices:
+        opts.append(f"devices={n} (DDP over this machine's {n} GPUs: up to {n/cfg.devices:g}× fewer seconds per epoch)")
+    if cfg.data_on_device is False: opts.append("data_on_device=True (augment on the device, not in DataLoader workers)")
+    if not compiled and compile_unavailable(device) is None: opts.append("compile=True (torch.compile of the training forward)")
+    if cfg.amp == "off": opts.append('amp="auto" (mixed precision)')
+    if cfg.checkpoint_stages: opts.append("checkpoint_stages=False, if memory allows (it recomputes the stages in backward)")
+    return opts + [f"fewer epochs than {cfg.epochs}", "or let max_minutes stop the run and resume=True it in another session"]
+
+def foresee(p:Parts, row:dict):
+    "After the first epoch a process trains: print the projected run time; warn, naming faster options, if it will not fit its budget."
+    if not p.env.main: return
+    pr = Projection(row["epoch_seconds"], p.cfg.epochs - row["epoch"], time.time() - p.t0, *time_budget(p.cfg))
+    print(pr, flush=True)
+    if pr.fits is False:
+        warnings.warn(f"this run {str(pr).split(': ', 1)[1]}. Options: {'; '.join(faster_options(p.cfg, p.device, p.compiled))}.", stacklevel=2)
+
+# %% ../nbs/14_train.ipynb 40
 def fit(cfg:TrainConfig) -> Run:
     "Train one run as `cfg` says (or continue it, with `resume=True`); return its folder, history, summary and config."
     if cfg.devices > 1 and dist_env().world == 1: return launch(asdict(cfg))
     p = build_run(cfg)
     status = "finished"
-    for epoch in range(resume_run(p) if cfg.resume else start_run(p), cfg.epochs + 1):
+    first = resume_run(p) if cfg.resume else start_run(p)
+    for epoch in range(first, cfg.epochs + 1):
         row, decision = train_one(p, epoch)
         record(p, row, decision)
+        if epoch == first: foresee(p, row)
         if decision.stop:
             status = "interrupted"
             if p.env.main: print(f"stopping after epoch {epoch}: another would overrun max_minutes={cfg.max_minutes}; resume=True continues", flush=True)
@@ -416,6 +487,6 @@ def main(argv:list[str]|None=None):
     except QonstraintError as e: ap.error(str(e))
     fit(TrainConfig.from_dict((json.loads(Path(args.config).read_text()) if args.config else {}) | settings))
 
-# %% ../nbs/14_train.ipynb 37
+# %% ../nbs/14_train.ipynb 41
 #| eval: false
 if __name__ == "__main__" and not IN_NOTEBOOK: main()   # `python -m qonstraint.train`; not when a notebook runs this cell
