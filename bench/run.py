@@ -4,7 +4,8 @@
     python bench/run.py --full   # larger batches and more repeats
 
 Prints a table, the machine it ran on, and as its last line one JSON object of the headline numbers:
-aug_per_sample_img_s, aug_batched_img_s, aug_speedup, loop_overhead, host_syncs_per_step, compile_speedup
+aug_per_sample_img_s, aug_batched_img_s, aug_speedup, loop_overhead, epoch_loader_s, epoch_batched_s, epoch_bare_s,
+data_path_speedup, host_syncs_per_step, compile_speedup
 (null with compile_error when torch.compile cannot run), ddp_grad_max_rel_diff, mem_est_5_9_b256_gb, and
 the projection of a TinyImageNet epoch on Kaggle's GPUs (a projection from the model's MACs, not a measurement).
 """
@@ -13,11 +14,12 @@ import argparse, json, os, platform, statistics, time, warnings
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 from qonstraint.augment import train_transform
 from qonstraint.collate import MixCollate
 from qonstraint.controller import ConfidenceController, ControllerConfig, mix_prob_at
-from qonstraint.core import amp_policy
+from qonstraint.core import amp_policy, seed_worker
 from qonstraint.data import load_dataset
 from qonstraint.device_augment import DeviceAugment, DeviceMix, device_batches
 from qonstraint.model import Qonstraint, count_macs, estimate_memory
@@ -101,6 +103,43 @@ def bench_loop(batch:int, repeat:int) -> dict:
                 host_syncs_per_step=len(step_reads), host_syncs_device_batch_and_step=len(device_reads))
 
 
+def bench_data_paths(batch:int, epochs:int) -> dict:
+    """Seconds per training epoch on digits (tiny, aggressive stem, MID phase 2 with mixing) through `fit`'s two data
+    paths: DataLoader workers augmenting per sample (`data_on_device=False`, 2 workers, `fit`'s default before
+    `"auto"`) and the batched path (`data_on_device=True`, what `"auto"` picks on the CPU); and a bare loop over the same
+    network and images (no augmentation, plain cross-entropy, plain AdamW). The median epoch of each, run alternately."""
+    d, s = load_dataset("digits"), ConfidenceController(70).state
+    p = mix_prob_at(ControllerConfig(), 2, 0.5)
+    images, labels = torch.from_numpy(d.train.images), torch.from_numpy(d.train.labels)
+    trainer = tiny_trainer()
+    trainer.apply(s)
+    def loader_epoch(seed):
+        g = torch.Generator().manual_seed(seed)
+        loader = DataLoader(d.train.dataset(train_transform("mid", 2, d.mean, d.std)), batch_size=batch, shuffle=True, generator=g,
+                            num_workers=2, worker_init_fn=seed_worker, collate_fn=MixCollate(d.num_classes, p=p))
+        trainer.train_epoch(loader, s)
+    def batched_epoch(seed):
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+        trainer.train_epoch(device_batches(images, labels, order, batch, DeviceAugment("mid", 2, d.mean, d.std), DeviceMix(d.num_classes, p=p)), s)
+    model = trainer.model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    mean, std = torch.tensor(d.mean).view(1, 3, 1, 1), torch.tensor(d.std).view(1, 3, 1, 1)
+    def bare_epoch(seed):
+        model.train()
+        for idx in torch.randperm(len(images), generator=torch.Generator().manual_seed(seed)).split(batch):
+            x = (images[idx].permute(0, 3, 1, 2).float()/255 - mean)/std
+            loss = F.cross_entropy(model(x), labels[idx])
+            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+    times = {k: [] for k in ("loader", "batched", "bare")}
+    for e in range(epochs + 1):                                       # the first round warms up, untimed
+        for k, f in (("loader", loader_epoch), ("batched", batched_epoch), ("bare", bare_epoch)):
+            t = time.perf_counter(); f(e); dt = time.perf_counter() - t
+            if e: times[k].append(dt)
+    loader, batched, bare = (statistics.median(times[k]) for k in ("loader", "batched", "bare"))
+    return dict(epoch_loader_s=loader, epoch_batched_s=batched, epoch_bare_s=bare, data_path_speedup=loader/batched,
+                epoch_images=len(images))
+
+
 def bench_compile(batch:int, repeat:int) -> dict:
     "CPU step time, eager / compiled (`compile=True`), after compilation."
     if (why := compile_unavailable(torch.device("cpu"))) is not None: return dict(compile_speedup=None, compile_error=why)
@@ -136,6 +175,7 @@ def main():
     r |= bench_augmentation(256, 7 if full else 3)
     r |= bench_loop(64, 15 if full else 9)
     r["loop_overhead_b32"] = bench_loop(32, 15 if full else 9)["loop_overhead"]
+    r |= bench_data_paths(64, 5 if full else 3)
     r |= bench_compile(64 if full else 32, 10 if full else 5)
     r["ddp_grad_max_rel_diff"] = ddp_grad_check(world=2)
     r["mem_est_5_9_b256_gb"] = estimate_memory("qonstraint_5_9", 256).total/2**30
@@ -147,6 +187,12 @@ def main():
             ("augmentation, batched (data_on_device path)", f"{r['aug_batched_img_s']:.0f} img/s", f"speed-up {r['aug_speedup']:.2f}x (target >= 2)"),
             ("fit step / bare loop, batch 64", f"{r['loop_overhead']:.3f}", f"{r['fit_step_ms']:.1f} vs {r['bare_step_ms']:.1f} ms, tiny (target <= 1.05)"),
             ("fit step / bare loop, batch 32", f"{r['loop_overhead_b32']:.3f}", "the same fixed cost per step over half the work"),
+            ("epoch on digits, DataLoader workers per sample", f"{r['epoch_loader_s']:.2f} s",
+             f"{r['epoch_images']} images, MID phase 2 + mixing, tiny, batch 64, 2 workers (data_on_device=False)"),
+            ("epoch on digits, batched path (the default)", f"{r['epoch_batched_s']:.2f} s",
+             f"speed-up {r['data_path_speedup']:.2f}x: data_on_device='auto' picks it on the CPU"),
+            ("epoch on digits, bare loop (no augmentation)", f"{r['epoch_bare_s']:.2f} s",
+             f"the batched path costs {r['epoch_batched_s']/r['epoch_bare_s']:.2f}x a loop without augmentation, mixing or EMA"),
             ("fit's update: scaler + clip + AdamW + EMA", f"{r['update_ms']:.1f} ms", f"AdamW alone {r['adamw_step_ms']:.1f} ms; per step, whatever the batch"),
             ("host reads in one step", str(r["host_syncs_per_step"]), f"{r['host_syncs_device_batch_and_step']} with the on-device batch (target <= 1)"),
             ("compile speed-up (CPU)", "n/a" if r["compile_speedup"] is None else f"{r['compile_speedup']:.2f}x",

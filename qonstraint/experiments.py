@@ -76,11 +76,11 @@ def _jsonable(v):
     return [_jsonable(x) for x in v] if isinstance(v, (tuple, list)) else v
 
 def papermill_run(params:dict, out_dir:Path, notebook:Path=TRAIN_NB):
-    "Execute `train.ipynb` once with `params`, keeping the executed copy in `out_dir/notebooks/`."
+    "Execute `train.ipynb` once with `params` (not planned first: `fit` still projects after epoch 1), keeping the executed copy in `out_dir/notebooks/`."
     import papermill as pm
     (out_dir/"notebooks").mkdir(parents=True, exist_ok=True)
     pm.execute_notebook(str(notebook), str(out_dir/"notebooks"/f"{params['run_name']}.ipynb"),
-                        parameters=_jsonable(params), cwd=str(Path(notebook).parent), progress_bar=False)
+                        parameters=_jsonable(params) | dict(plan_first=False), cwd=str(Path(notebook).parent), progress_bar=False)
 
 # %% ../nbs/16_experiments.ipynb 18
 def run_grid(grid:list[GridRun],    # from `paper_grid`

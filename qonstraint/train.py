@@ -436,8 +436,9 @@ class Projection:
     def __str__(self):
         verdict = (self.budget if self.fits is None else f"fits {self.budget}" if self.fits else
                    f"will NOT finish within {self.budget} ({duration(60*self.budget_min)})")
-        return (f"projected run time: {duration(self.total_s)} ({duration(self.spent_s)} spent + {self.epochs_left} epochs × "
-                f"{duration(self.epoch_s)}, the final evaluation not counted): {verdict}")
+        spent = f"{duration(self.spent_s)} spent + " if self.spent_s else ""
+        return (f"projected run time: {duration(self.total_s)} ({spent}{self.epochs_left} epochs × {duration(self.epoch_s)}, "
+                f"the final evaluation not counted): {verdict}")
 
 def faster_options(cfg:TrainConfig, device:torch.device, compiled:bool) -> list[str]:
     "What would make a run faster on `device`, among what it does not use yet."
@@ -448,7 +449,7 @@ def faster_options(cfg:TrainConfig, device:torch.device, compiled:bool) -> list[
     if not compiled and compile_unavailable(device) is None: opts.append("compile=True (torch.compile of the training forward)")
     if cfg.amp == "off": opts.append('amp="auto" (mixed precision)')
     if cfg.checkpoint_stages: opts.append("checkpoint_stages=False, if memory allows (it recomputes the stages in backward)")
-    return opts + [f"fewer epochs than {cfg.epochs}", "or let max_minutes stop the run and resume=True it in another session"]
+    return opts + [f"fewer epochs than {cfg.epochs}", "max_minutes, then resume=True in another session (the run stops cleanly and continues exactly)"]
 
 def foresee(p:Parts, row:dict):
     "After the first epoch a process trains: print the projected run time; warn, naming faster options, if it will not fit its budget."
