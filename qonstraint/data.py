@@ -4,7 +4,9 @@
 
 # %% ../nbs/01_data.ipynb 2
 from __future__ import annotations
-import hashlib, os, tempfile, urllib.request, warnings, zipfile
+import hashlib, mmap, os, tempfile, urllib.request, warnings, zipfile
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,11 +21,11 @@ from .core import QonstraintError, KAGGLE_ROOT, atomic_write, cache_dir, check_c
 
 # %% auto 0
 __all__ = ['DIGITS_SOURCE', 'TINY_DIR', 'PROJECT_DIR', 'FIX_MISSING', 'TINY_URL', 'TINY_ZIP_BYTES', 'TINY_ZIP_MD5', 'FIX_REFETCH',
-           'TINY_COUNTS', 'CACHE_VERSION', 'DATASETS', 'IMAGE_EXTENSIONS', 'FIX_FOLDER', 'ArrayDataset', 'Split',
-           'channel_stats', 'DataBundle', 'split_per_class', 'load_digits_bundle', 'make_fake_tinyimagenet',
+           'TINY_COUNTS', 'DECODE_CHUNK', 'CACHE_VERSION', 'DATASETS', 'IMAGE_EXTENSIONS', 'FIX_FOLDER', 'ArrayDataset',
+           'Split', 'channel_stats', 'DataBundle', 'split_per_class', 'load_digits_bundle', 'make_fake_tinyimagenet',
            'find_tinyimagenet', 'download_tinyimagenet', 'read_wnids', 'read_class_names', 'train_files', 'val_files',
-           'check_counts', 'resize_to_square', 'decode_images', 'dataset_fingerprint', 'tinyimagenet_arrays',
-           'load_tinyimagenet', 'load_dataset', 'folder_images', 'load_imagefolder']
+           'check_counts', 'resize_to_square', 'usable_cores', 'decode_images', 'dataset_fingerprint',
+           'tinyimagenet_arrays', 'load_tinyimagenet', 'load_dataset', 'folder_images', 'load_imagefolder']
 
 # %% ../nbs/01_data.ipynb 5
 class ArrayDataset(Dataset):
@@ -49,14 +51,16 @@ class Split:
 
 # %% ../nbs/01_data.ipynb 6
 def channel_stats(images:np.ndarray, # N, H, W, 3 uint8
-                  chunk:int=4096) -> tuple[tuple, tuple]:
-    "Per-channel mean and standard deviation of uint8 images, in [0, 1]; chunked to keep memory small."
-    s, s2, n = np.zeros(3), np.zeros(3), 0
+                  chunk:int=1024) -> tuple[tuple, tuple]:
+    "Per-channel mean and standard deviation of uint8 images, in [0, 1]; exact integer sums over small chunks."
+    s, s2, n = np.zeros(3, np.int64), np.zeros(3, np.int64), 0
     for i in range(0, len(images), chunk):
-        x = images[i:i+chunk].reshape(-1, 3).astype(np.float64)/255
-        s, s2, n = s + x.sum(0), s2 + (x**2).sum(0), n + len(x)
-    mean = s/n
-    return tuple(mean.round(4).tolist()), tuple(np.sqrt(s2/n - mean**2).round(4).tolist())
+        x = np.ascontiguousarray(images[i:i+chunk].reshape(-1, 3).T)   # 3, pixels: one row per channel (fast sums)
+        s += x.sum(1, dtype=np.int64)
+        s2 += (x.astype(np.uint16)**2).sum(1, dtype=np.int64)          # 255² fits in uint16
+        n += x.shape[1]
+    mean = s/n/255
+    return tuple(mean.round(4).tolist()), tuple(np.sqrt(s2/n/255**2 - mean**2).round(4).tolist())
 
 @dataclass
 class DataBundle:
@@ -293,23 +297,63 @@ def resize_to_square(x:torch.Tensor, # C, H, W image
     if x.shape[-2:] == (size, size): return x
     return v2.functional.center_crop(v2.functional.resize(x, size, antialias=True), size)
 
+def usable_cores() -> int:
+    "The CPU cores this process may run on: its affinity mask where the OS has one (Linux), else all of them."
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+def _decode_one(p:Path, resize:bool, fix:str) -> np.ndarray:
+    "One image as a `(64, 64, 3)` uint8 RGB array; a `QonstraintError` naming `p` and the fix if it cannot be."
+    try:
+        with Image.open(p) as im: im = im.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as e:
+        raise QonstraintError(f"corrupt or truncated image {p}: {e}. {fix}") from e
+    if im.size == (64, 64): return np.asarray(im)                     # 64, 64, 3
+    if not resize:
+        raise QonstraintError(f"image {p} is {im.size[0]}x{im.size[1]}, not TinyImageNet's 64x64 (we never resize). {fix}")
+    x = torch.from_numpy(np.array(im)).permute(2, 0, 1)                # H, W, 3 -> 3, H, W
+    return resize_to_square(x).permute(1, 2, 0).numpy()               # 64, 64, 3
+
+DECODE_CHUNK = 1024   # paths per task of a parallel decode
+_worker_out = None    # in a decoding worker process: the shared (N, 64, 64, 3) array it writes into
+
+def _start_worker(out:np.ndarray):
+    global _worker_out
+    _worker_out = out
+    torch.set_num_threads(1)   # a forked process must not use the parent's OpenMP threads (resize_to_square)
+
+def _decode_rows(lo:int, paths:list[Path], resize:bool, fix:str) -> int:
+    "In a worker: decode `paths` into rows `lo, lo+1, ...` of the shared array; return how many."
+    for i, p in enumerate(paths, lo): _worker_out[i] = _decode_one(p, resize, fix)
+    return len(paths)
+
 def decode_images(paths:list[Path], desc:str="decoding",
-                  resize:bool=False, # fit other sizes to 64×64 (shorter side, centre crop); False: refuse them
-                  fix:str=FIX_REFETCH) -> np.ndarray: # what an error message tells the user to do
-    "Decode images to one `(N, 64, 64, 3)` uint8 RGB array (grayscale converted; resized only if `resize`)."
-    out = np.empty((len(paths), 64, 64, 3), np.uint8)
-    for i, p in enumerate(tqdm(paths, desc=desc, mininterval=5, disable=len(paths) < 5000)):
-        try:
-            with Image.open(p) as im: im = im.convert("RGB")
-        except (OSError, SyntaxError, ValueError) as e:
-            raise QonstraintError(f"corrupt or truncated image {p}: {e}. {fix}") from e
-        if im.size != (64, 64) and not resize:
-            raise QonstraintError(f"image {p} is {im.size[0]}x{im.size[1]}, not TinyImageNet's 64x64 (we never resize). {fix}")
-        x = torch.from_numpy(np.asarray(im)).permute(2, 0, 1)           # H, W, 3 -> 3, H, W
-        out[i] = resize_to_square(x).permute(1, 2, 0).numpy()
+                  resize:bool=False,       # fit other sizes to 64×64 (shorter side, centre crop); False: refuse them
+                  fix:str=FIX_REFETCH,     # what an error message tells the user to do
+                  workers:int|None=None    # processes; None: one per usable core (a list under 2 chunks: this process)
+                 ) -> np.ndarray:
+    "Decode images to one `(N, 64, 64, 3)` uint8 RGB array (grayscale converted; resized only if `resize`), in parallel."
+    n = len(paths)
+    if workers is None: workers = min(usable_cores(), n//DECODE_CHUNK)
+    if "fork" not in mp.get_all_start_methods(): workers = 1             # Windows: no fork, decode here
+    with tqdm(total=n, desc=desc, mininterval=5, disable=n < 5000) as bar:
+        if min(workers, n) <= 1:
+            out = np.empty((n, 64, 64, 3), np.uint8)
+            for i, p in enumerate(paths): out[i] = _decode_one(p, resize, fix); bar.update()
+            return out
+        # one (N, 64, 64, 3) array in memory shared with the forked workers, which write their rows into it:
+        # no per-image arrays, nothing concatenated, no copy back
+        out = np.frombuffer(mmap.mmap(-1, n*64*64*3), np.uint8).reshape(n, 64, 64, 3)
+        size = min(DECODE_CHUNK, -(-n//workers))                        # a task: a run of consecutive paths
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_start_worker, initargs=(out,)) as pool:
+            tasks = [pool.submit(_decode_rows, lo, paths[lo:lo+size], resize, fix) for lo in range(0, n, size)]
+            try:
+                for t in tasks: bar.update(t.result())    # in path order: the error raised is the first bad file's
+            except BaseException:
+                for t in tasks: t.cancel()                 # stop at the first error
+                raise
     return out
 
-# %% ../nbs/01_data.ipynb 34
+# %% ../nbs/01_data.ipynb 36
 CACHE_VERSION = 1
 
 def dataset_fingerprint(root:Path, files:list[Path]) -> str:
@@ -337,7 +381,7 @@ def _load_cache(path:Path) -> dict|None:
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         warnings.warn(f"ignoring unreadable cache {path} ({e}); decoding the dataset again")
 
-def tinyimagenet_arrays(root:Path, cache:Path|str|None=None) -> dict:
+def tinyimagenet_arrays(root:Path, cache:Path|str|None=None, workers:int|None=None) -> dict:
     "Verified TinyImageNet as arrays (train folder and official val set), from the cache when it is current."
     wnids = read_wnids(root)
     names = read_class_names(root, wnids)
@@ -347,44 +391,58 @@ def tinyimagenet_arrays(root:Path, cache:Path|str|None=None) -> dict:
     stem = f"tinyimagenet-{hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:8]}"
     path = folder/f"{stem}-{dataset_fingerprint(root, tr_files + va_files)}.npz"
     if path.is_file() and (arrays := _load_cache(path)) is not None: return arrays
-    arrays = dict(train_images=decode_images(tr_files, "train"), train_labels=tr_labels,
-                  test_images=decode_images(va_files, "val"), test_labels=va_labels,
+    arrays = dict(train_images=decode_images(tr_files, "train", workers=workers), train_labels=tr_labels,
+                  test_images=decode_images(va_files, "val", workers=workers), test_labels=va_labels,
                   wnids=np.array(wnids), names=np.array(names))
     with atomic_write(path) as f: np.savez(f, **arrays)
     for old in folder.glob(f"{stem}-*.npz"):
         if old != path: old.unlink()
     return arrays
 
-# %% ../nbs/01_data.ipynb 39
+# %% ../nbs/01_data.ipynb 41
 DATASETS = ("tinyimagenet", "digits", "imagefolder")
 
-def load_tinyimagenet(root=None, seed:int=0, download:bool=False, cache=None) -> DataBundle:
+def _split_in_place(a:np.ndarray, first:np.ndarray, second:np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "`a[first]` and `a[second]` as two views of `a`, its rows permuted in place (`first`, `second`: disjoint, all rows)."
+    order, done = np.concatenate([first, second]).tolist(), bytearray(len(a))   # new row j is old row order[j]
+    for start in range(len(a)):                    # follow each cycle of the permutation, holding one row
+        if done[start]: continue
+        row, j = a[start].copy(), start
+        while (k := order[j]) != start:
+            a[j] = a[k]; done[j] = 1; j = k
+        a[j] = row; done[j] = 1
+    return a[:len(first)], a[len(first):]
+
+def load_tinyimagenet(root=None, seed:int=0, download:bool=False, cache=None, workers:int|None=None) -> DataBundle:
     "TinyImageNet: the paper's per-class 80/20 split of the train folder, and the official val set as `test`."
     try: root = find_tinyimagenet(root)
     except QonstraintError:
         if not download: raise
         root = download_tinyimagenet(root or os.environ.get("QONSTRAINT_DATA") or Path.cwd()/"data")
-    a = tinyimagenet_arrays(root, cache)
-    classes = a["wnids"].tolist()
-    whole, test = Split(a["train_images"], a["train_labels"], classes), Split(a["test_images"], a["test_labels"], classes)
-    tr, va = split_per_class(whole.labels, 0.8, seed)
-    return DataBundle("tinyimagenet", whole[tr], whole[va], test, a["names"].tolist(), str(root))
+    a = tinyimagenet_arrays(root, cache, workers)
+    classes, labels = a["wnids"].tolist(), a["train_labels"]
+    tr, va = split_per_class(labels, 0.8, seed)
+    tr_images, va_images = _split_in_place(a.pop("train_images"), tr, va)   # not a second copy of the 1.2 GB
+    train, val = Split(tr_images, labels[tr], classes), Split(va_images, labels[va], classes)
+    test = Split(a["test_images"], a["test_labels"], classes)
+    return DataBundle("tinyimagenet", train, val, test, a["names"].tolist(), str(root))
 
 def load_dataset(name:str,            # "tinyimagenet" | "digits" | "imagefolder"
                  root=None,           # TinyImageNet folder (or its parent; None: search for it), or the image folder
                  seed:int=0,          # seed of the per-class split
                  download:bool=False, # fetch the official TinyImageNet zip if it is not found
-                 cache=None) -> DataBundle: # cache folder; None: `qonstraint.core.cache_dir()`
+                 cache=None,          # cache folder; None: `qonstraint.core.cache_dir()`
+                 workers:int|None=None) -> DataBundle: # decoding processes; None: one per usable core (`decode_images`)
     "Load a dataset as train/val/test `Split`s of uint8 `(N, 64, 64, 3)` images."
     check_choice("dataset", name, DATASETS)
     if name == "digits":
         if root is not None: raise QonstraintError(f"dataset 'digits' ships with scikit-learn and takes no folder, "
                                                    f"but root={str(root)!r} was given. Fix: drop it, or use dataset='tinyimagenet'.")
         return load_digits_bundle(seed)
-    if name == "imagefolder": return load_imagefolder(root, seed)
-    return load_tinyimagenet(root, seed, download, cache)
+    if name == "imagefolder": return load_imagefolder(root, seed, workers)
+    return load_tinyimagenet(root, seed, download, cache, workers)
 
-# %% ../nbs/01_data.ipynb 45
+# %% ../nbs/01_data.ipynb 47
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 FIX_FOLDER = "Fix: lay the folder out as <folder>/<class name>/<image> (optionally inside train/ and val/ sub-folders)."
 
@@ -400,25 +458,26 @@ def folder_images(folder:Path) -> tuple[list[Path], np.ndarray, list[str]]:
         files += found; labels += [y]*len(found)
     return files, np.array(labels, dtype=np.int64), classes
 
-def _folder_split(folder:Path, classes:list[str]|None=None) -> Split:
+def _folder_split(folder:Path, classes:list[str]|None=None, workers:int|None=None) -> Split:
     "One split from `folder/<class>/<image>`; its classes must be `classes` if given."
     files, labels, found = folder_images(folder)
     if classes is not None and found != classes:
         raise QonstraintError(f"{folder} has the classes {found[:5]}..., but the train folder has {classes[:5]}...: every split "
                               f"needs the same class folders. {FIX_FOLDER}")
-    return Split(decode_images(files, folder.name, resize=True, fix="Fix: remove or replace the image."), labels, found)
+    return Split(decode_images(files, folder.name, resize=True, fix="Fix: remove or replace the image.", workers=workers),
+                 labels, found)
 
-def load_imagefolder(root, seed:int=0) -> DataBundle:
+def load_imagefolder(root, seed:int=0, workers:int|None=None) -> DataBundle:
     "Images in `root/<class>/` (or `root/{train,val[,test]}/<class>/`), fitted to 64×64; per-class 80/20 split if no val/."
     if root is None: raise QonstraintError(f"dataset 'imagefolder' needs its folder: data_dir=... (root=...). {FIX_FOLDER}")
     root = Path(root)
     if (root/"train").is_dir() and (root/"val").is_dir():
-        train = _folder_split(root/"train")
-        val = _folder_split(root/"val", train.classes)
-        test = _folder_split(root/"test", train.classes) if (root/"test").is_dir() else val
+        train = _folder_split(root/"train", workers=workers)
+        val = _folder_split(root/"val", train.classes, workers)
+        test = _folder_split(root/"test", train.classes, workers) if (root/"test").is_dir() else val
         how = "train/ and val/" + (" and test/" if test is not val else "")
     else:
-        whole = _folder_split(root)
+        whole = _folder_split(root, workers=workers)
         if (np.bincount(whole.labels) < 2).any(): raise QonstraintError(
             f"{root}: every class needs at least 2 images to be split 80/20 into train and val. {FIX_FOLDER}")
         tr, va = split_per_class(whole.labels, 0.8, seed)
