@@ -22,16 +22,15 @@ from .runfolder import preset_network
 
 # %% auto 0
 __all__ = ['soft_cross_entropy', 'hardness_weights', 'training_loss', 'topk_correct', 'epoch_totals', 'TrainForward',
-           'make_optimizer', 'StepEma', 'Trainer', 'evaluate', 'build_trainer', 'synchronize', 'time_steps',
-           'compile_unavailable', 'compile_forward', 'memory_advice', 'peak_mem_mb', 'ddp_grad_check']
+           'make_optimizer', 'StepEma', 'step_if_finite', 'Trainer', 'evaluate', 'build_trainer', 'synchronize',
+           'time_steps', 'compile_unavailable', 'compile_forward', 'memory_advice', 'peak_mem_mb', 'ddp_grad_check']
 
 # %% ../nbs/13_step.ipynb 5
 def soft_cross_entropy(logits:torch.Tensor,  # B, C
                        target:torch.Tensor,  # B, C soft labels (rows sum to 1)
                        smoothing:float=0.0) -> torch.Tensor: # B per-sample losses
-    "Cross-entropy against soft targets, with label smoothing."
-    target = target*(1 - smoothing) + smoothing/target.shape[1]
-    return -(target*logits.float().log_softmax(1)).sum(1)
+    "Cross-entropy against soft targets `target·(1 − smoothing) + smoothing/C`: PyTorch's one fused op for probability targets."
+    return F.cross_entropy(logits.float(), target, reduction="none", label_smoothing=smoothing)
 
 def hardness_weights(logits:torch.Tensor, target:torch.Tensor) -> torch.Tensor:
     "Per-sample weights `1 − p(true class)`, detached, normalised to mean 1 over the batch (all processes' shares of it under DDP)."
@@ -71,21 +70,31 @@ def make_optimizer(model:torch.nn.Module, device:torch.device, lr:float, betas:t
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused, foreach=not fused)
 
 # %% ../nbs/13_step.ipynb 10
+def _ema_pairs(copy:torch.nn.Module, model:torch.nn.Module) -> tuple[list, list, list, list]:
+    "The copy's and the model's tensors, in the same order: floating-point (copy, model), then the others (copy, model)."
+    pairs = list(zip([*copy.parameters(), *copy.buffers()], [*model.parameters(), *model.buffers()]))
+    floats, others = [p for p in pairs if p[0].is_floating_point()], [p for p in pairs if not p[0].is_floating_point()]
+    return [e for e, _ in floats], [m for _, m in floats], [e for e, _ in others], [m for _, m in others]
+
 class StepEma(ModelEmaV3):
-    "timm's `ModelEmaV3`, its per-step update done by foreach ops on parameter lists gathered once (not two `state_dict`s a step)."
-    _params:tuple = (None, [], [])           # (the model, its float parameters, the copy's), gathered at the first update
+    "timm's `ModelEmaV3`, its per-step update done by foreach ops on tensor lists gathered once (not two `state_dict`s a step)."
+    _lists:tuple = (None,)           # (the model, then `_ema_pairs`' four lists), gathered at the first update
 
     @torch.no_grad()
     def apply_update_(self, model:torch.nn.Module, decay:float):
-        if self._params[0] is not model:
-            self._params = (model, list(model.parameters()), list(self.module.parameters()))
-        _, mine, copies = self._params
-        floats = [(e, m) for e, m in zip(self.module.buffers(), model.buffers()) if e.is_floating_point()]
-        for e, m in zip(self.module.buffers(), model.buffers()):
-            if not e.is_floating_point(): e.copy_(m)                                   # counters: copied
-        torch._foreach_lerp_(copies + [e for e, _ in floats], mine + [m for _, m in floats], 1. - decay)
+        if self._lists[0] is not model: self._lists = (model, *_ema_pairs(self.module, model))
+        _, copy_f, model_f, copy_o, model_o = self._lists
+        torch._foreach_lerp_(copy_f, model_f, 1. - decay)                     # weights and running statistics
+        if copy_o: torch._foreach_copy_(copy_o, model_o)                       # counters
 
 # %% ../nbs/13_step.ipynb 13
+def step_if_finite(opt:torch.optim.Optimizer, norm:torch.Tensor):
+    "`opt.step()`, skipped by the fused kernel itself (no host read) if `norm` is not finite: `found_inf`, as `GradScaler` passes it."
+    opt.found_inf = (~torch.isfinite(norm)).float()
+    try: opt.step()
+    finally: del opt.found_inf
+
+# %% ../nbs/13_step.ipynb 15
 @dataclass
 class Trainer:
     "The objects one training step touches."
@@ -100,6 +109,8 @@ class Trainer:
     warmup_steps:int
     step:int = 0
     memory_format:torch.memory_format = torch.preserve_format   # of the weights and each batch; channels_last on CUDA
+
+    def __post_init__(self): self.params = list(self.model.parameters())   # for clipping: gathered once, not every step
 
     def apply(self, s:ControlState):
         "Write the controller's settings for the coming epoch into the optimizer, EMA and model."
@@ -120,14 +131,15 @@ class Trainer:
 
     def update(self):
         "Clip the gradients, step (skipped, on the device, if they are not finite), update the EMA."
-        self.scaler.unscale_(self.opt)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.scaler.step(self.opt)
-        self.scaler.update()
+        scaled = self.amp.scaler or not self.opt.defaults["fused"]           # through the GradScaler: fp16, or an unfused AdamW
+        if self.amp.scaler: self.scaler.unscale_(self.opt)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)   # not finite if a gradient is not
+        if scaled: self.scaler.step(self.opt); self.scaler.update()
+        else: step_if_finite(self.opt, norm)
         self.ema.update(self.model)
         self.step += 1
 
-# %% ../nbs/13_step.ipynb 15
+# %% ../nbs/13_step.ipynb 17
 @patch
 def train_step(self:Trainer, x:torch.Tensor, target:torch.Tensor, s:ControlState) -> torch.Tensor:
     "One step on images `B, 3, 64, 64` and soft targets `B, C`; returns its loss·B, top-1 and top-5 hits and non-finite flag, on the device."
@@ -164,7 +176,7 @@ def evaluate(model:torch.nn.Module, loader, device:torch.device, amp) -> dict:
     loss, top1, top5, fm, fs, n, batches = epoch_totals(sums, n, batches)
     return dict(loss=loss/n, top1=100*top1/n, top5=100*top5/n, feat_mean=fm/batches, feat_std=fs/batches)
 
-# %% ../nbs/13_step.ipynb 17
+# %% ../nbs/13_step.ipynb 19
 def build_trainer(model:Qonstraint, device:torch.device, amp:AmpPolicy, lr:float, betas:tuple, weight_decay:float,
                   grad_clip:float, warmup_steps:int, ema_decay:float,
                   channels_last:bool|None=None) -> Trainer:   # None: on CUDA only
@@ -174,7 +186,7 @@ def build_trainer(model:Qonstraint, device:torch.device, amp:AmpPolicy, lr:float
     return Trainer(model, TrainForward(model), make_optimizer(model, device, lr, betas, weight_decay), amp.make_scaler(device.type),
                    StepEma(model, decay=ema_decay), amp, device, grad_clip, warmup_steps, memory_format=layout)  # the EMA copies the model in its layout
 
-# %% ../nbs/13_step.ipynb 22
+# %% ../nbs/13_step.ipynb 24
 def synchronize(device:torch.device):
     "Wait until `device` has finished the work queued on it (CUDA); nothing to wait for elsewhere."
     if device.type == "cuda": torch.cuda.synchronize(device)
@@ -191,7 +203,7 @@ def time_steps(step:Callable,               # called with each batch
     synchronize(device)
     return (time.perf_counter() - start)/steps
 
-# %% ../nbs/13_step.ipynb 25
+# %% ../nbs/13_step.ipynb 27
 def compile_unavailable(device:torch.device) -> str|None:
     "Why `torch.compile` cannot run on `device` here, or None if it can."
     if not torch._dynamo.is_dynamo_supported(): return f"torch.compile does not support Python {sys.version.split()[0]} on this platform"
@@ -204,7 +216,7 @@ def compile_forward(forward:torch.nn.Module, device:torch.device) -> tuple[torch
     warnings.warn(f"compile=True, but {why}: training runs eagerly (same results, slower).", stacklevel=2)
     return forward, False
 
-# %% ../nbs/13_step.ipynb 28
+# %% ../nbs/13_step.ipynb 30
 def memory_advice(model_cfg:QonstraintConfig, batch:int, device:torch.device, amp:AmpPolicy, checkpoint_stages:bool) -> str|None:
     "On a GPU: a warning when the estimated memory of a step of `batch` images exceeds 90 % of the card's, naming what lowers it."
     if device.type != "cuda": return None
@@ -220,7 +232,7 @@ def peak_mem_mb(device:torch.device) -> float:
     if device.type == "cuda": return torch.cuda.max_memory_allocated(device)/2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024
 
-# %% ../nbs/13_step.ipynb 31
+# %% ../nbs/13_step.ipynb 33
 def _step_gradients(forward:torch.nn.Module, model:Qonstraint, x:torch.Tensor, target:torch.Tensor) -> dict:
     "The gradients of one `Trainer.backward` on the CPU, with the model in eval mode (no DropPath, BatchNorm on running statistics)."
     cpu, amp = torch.device("cpu"), amp_policy("cpu")
