@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test figures grid bench clean
+.PHONY: install demo test figures grid bench bench-gpu clean
 
 # a virtual environment with the package (editable) and its dev tools; redone when the requirements change
 $(VENV)/.installed: settings.ini setup.py
@@ -37,6 +37,11 @@ grid: install
 # the speed benchmarks: a table, the machine, one JSON line (a few minutes on 2 CPU cores; --full for larger sizes)
 bench: install
 	$(BIN)/python bench/run.py
+
+# training and evaluation throughput option by option on a CUDA GPU (under 8 minutes; synthetic data, no download), one JSON
+# file in bench/results/; without a GPU, its CPU-sized version (tiny preset, a few steps) in well under a minute
+bench-gpu: install
+	$(BIN)/python bench/gpu.py
 
 test: install
 	PATH="$(abspath $(BIN)):$$PATH" bash tools/test.sh

@@ -173,8 +173,8 @@ def main():
     warnings.filterwarnings("ignore")
     r, t0 = {}, time.time()
     r |= bench_augmentation(256, 7 if full else 3)
-    r |= bench_loop(64, 15 if full else 9)
-    r["loop_overhead_b32"] = bench_loop(32, 15 if full else 9)["loop_overhead"]
+    r |= bench_loop(64, 25 if full else 15)
+    r["loop_overhead_b32"] = bench_loop(32, 25 if full else 15)["loop_overhead"]
     r |= bench_data_paths(64, 5 if full else 3)
     r |= bench_compile(64 if full else 32, 10 if full else 5)
     r["ddp_grad_max_rel_diff"] = ddp_grad_check(world=2)

@@ -2,7 +2,8 @@
 # Every test of the project, in the order a reviewer would check them:
 #   1. the library is in sync with the notebooks (nbdev_export changes nothing in qonstraint/),
 #   2. the notebooks are clean (nbdev_clean changes nothing in nbs/) and valid nbformat,
-#   3. every notebook's tests pass (nbdev_test; cells flagged `slow` are skipped).
+#   3. the GPU benchmark runs in its CPU-sized version (bench/gpu.py --strict) and writes its JSON: it cannot rot between GPU runs,
+#   4. every notebook's tests pass (nbdev_test; cells flagged `slow` are skipped).
 # A step that changes files fails, and leaves the changed files for you to review and commit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +36,27 @@ for p in sorted(glob.glob('nbs/*.ipynb')):
     except nbformat.ValidationError as e: bad.append(f'{p}: {str(e).splitlines()[0]}')
 print('\n'.join(['FAIL: notebooks that are not valid nbformat (papermill refuses them):'] + bad) if bad else 'ok: notebooks are valid nbformat')
 sys.exit(bool(bad))" || exit 1
+
+bench=$(mktemp -d)   # with a budget it never reaches, even on a busy machine: every option that can run on the CPU must run
+if ! python bench/gpu.py --cpu --strict --budget-s 600 --out "$bench/gpu.json" >"$bench/out.txt" 2>&1; then
+  echo "FAIL: 'python bench/gpu.py --cpu --strict' (its CPU-sized version) failed; its output:"; cat "$bench/out.txt"; exit 1
+fi
+python - "$bench/gpu.json" <<'PY' || { cat "$bench/out.txt"; exit 1; }
+import json, sys
+r = json.load(open(sys.argv[1]))
+bad = [f"no {k!r}" for k in ("mode", "machine", "peak", "settings", "results", "projection", "counts", "seconds") if k not in r]
+bad += [f"machine: no {k!r}" for k in ("gpu", "gpu_count", "driver", "cuda", "torch", "python", "cpu", "cores", "date") if k not in r.get("machine", {})]
+rows = r.get("results", [])
+bad += [f"{x['name']}: {x['status']}: {x.get('error') or x.get('reason')}" for x in rows
+        if x["status"] == "error" or (x["status"] == "skipped" and x["reason"].startswith("time budget"))]
+bad += [f"{x['name']}: no {k!r}" for x in rows if x["status"] == "ok" for k in ("images_per_s", "tflops", "estimate_mib", "step_peak_mib") if k not in x]
+bad += [f"no {k} option ran" for k in ("train", "eval", "stochastic") if not any(x["kind"] == k and x["status"] == "ok" for x in rows)]
+if "projection" in r and not r["projection"]: bad.append("no projection (no training option ran)")
+print("\n".join(["FAIL: bench/gpu.py's JSON:"] + bad) if bad else
+      f"ok: bench/gpu.py runs (CPU-sized: {r['counts']['ok']} options ran, {r['counts']['skipped']} skipped, in {r['seconds']:.0f} s)")
+sys.exit(bool(bad))
+PY
+rm -rf "$bench"
 
 start=$(date +%s)
 log=$(mktemp)
