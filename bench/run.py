@@ -4,8 +4,8 @@
     python bench/run.py --full   # larger batches and more repeats
 
 Prints a table, the machine it ran on, and as its last line one JSON object of the headline numbers:
-aug_per_sample_img_s, aug_batched_img_s, aug_speedup, loop_overhead, epoch_loader_s, epoch_batched_s, epoch_bare_s,
-data_path_speedup, host_syncs_per_step, compile_speedup
+aug_per_sample_img_s, aug_batched_img_s, aug_speedup, loop_overhead (the median ratio of 60 alternated single steps),
+epoch_loader_s, epoch_batched_s, epoch_bare_s, data_path_speedup (torch's default threads, as `fit` runs), host_syncs_per_step, compile_speedup
 (null with compile_error when torch.compile cannot run), ddp_grad_max_rel_diff, mem_est_5_9_b256_gb, and
 the projection of a TinyImageNet epoch on Kaggle's GPUs (a projection from the model's MACs, not a measurement).
 """
@@ -89,9 +89,10 @@ def bench_loop(batch:int, repeat:int) -> dict:
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
     fit_step = lambda: trainer.train_step(x, target, s)
-    pairs = [(median_time(fit_step, 3, 1), median_time(bare, 3, 1)) for _ in range(repeat)]   # interleaved against drift
-    t_fit, t_bare = (statistics.median(p[i] for p in pairs) for i in (0, 1))
-    overhead = statistics.median(f/b for f, b in pairs)    # the ratio within each round, then its median
+    for f in (fit_step, bare, fit_step, bare): f()                # warm-up
+    pairs = [(median_time(fit_step, 1, 0), median_time(bare, 1, 0)) for _ in range(repeat)]   # single steps, alternated:
+    t_fit, t_bare = (statistics.median(p[i] for p in pairs) for i in (0, 1))                 # a change in the machine's
+    overhead = statistics.median(f/b for f, b in pairs)    # load hits both sides of a pair; the median of the pairs' ratios
     t_update, t_opt = median_time(trainer.update, 9), median_time(trainer.opt.step, 9)   # the step's fixed part: scaler, clipping, EMA
     with count_host_syncs() as step_reads: trainer.train_step(x, target, s)
     d = load_dataset("digits")                      # fit's data_on_device path: the uint8 split on the device, batched there
@@ -103,11 +104,13 @@ def bench_loop(batch:int, repeat:int) -> dict:
                 host_syncs_per_step=len(step_reads), host_syncs_device_batch_and_step=len(device_reads))
 
 
-def bench_data_paths(batch:int, epochs:int) -> dict:
+def bench_data_paths(batch:int, epochs:int, threads:int) -> dict:
     """Seconds per training epoch on digits (tiny, aggressive stem, MID phase 2 with mixing) through `fit`'s two data
     paths: DataLoader workers augmenting per sample (`data_on_device=False`, 2 workers, `fit`'s default before
     `"auto"`) and the batched path (`data_on_device=True`, what `"auto"` picks on the CPU); and a bare loop over the same
-    network and images (no augmentation, plain cross-entropy, plain AdamW). The median epoch of each, run alternately."""
+    network and images (no augmentation, plain cross-entropy, plain AdamW). The median epoch of each, run alternately,
+    with torch's `threads` (its default: as `fit` runs) beside the DataLoader's workers."""
+    torch.set_num_threads(threads)
     d, s = load_dataset("digits"), ConfidenceController(70).state
     p = mix_prob_at(ControllerConfig(), 2, 0.5)
     images, labels = torch.from_numpy(d.train.images), torch.from_numpy(d.train.labels)
@@ -136,8 +139,9 @@ def bench_data_paths(batch:int, epochs:int) -> dict:
             t = time.perf_counter(); f(e); dt = time.perf_counter() - t
             if e: times[k].append(dt)
     loader, batched, bare = (statistics.median(times[k]) for k in ("loader", "batched", "bare"))
+    torch.set_num_threads(1)
     return dict(epoch_loader_s=loader, epoch_batched_s=batched, epoch_bare_s=bare, data_path_speedup=loader/batched,
-                epoch_images=len(images))
+                epoch_images=len(images), epoch_torch_threads=threads)
 
 
 def bench_compile(batch:int, repeat:int) -> dict:
@@ -169,13 +173,14 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--full", action="store_true", help="larger batches and more repeats")
     full = p.parse_args().full
-    torch.set_num_threads(1)    # one CPU thread for every side of every ratio
+    threads = torch.get_num_threads()   # torch's default here, as `fit` runs
+    torch.set_num_threads(1)            # one CPU thread for every side of every other ratio
     warnings.filterwarnings("ignore")
     r, t0 = {}, time.time()
     r |= bench_augmentation(256, 7 if full else 3)
-    r |= bench_loop(64, 25 if full else 15)
-    r["loop_overhead_b32"] = bench_loop(32, 25 if full else 15)["loop_overhead"]
-    r |= bench_data_paths(64, 5 if full else 3)
+    r |= bench_loop(64, 100 if full else 60)
+    r["loop_overhead_b32"] = bench_loop(32, 100 if full else 60)["loop_overhead"]
+    r |= bench_data_paths(64, 5 if full else 3, threads)
     r |= bench_compile(64 if full else 32, 10 if full else 5)
     r["ddp_grad_max_rel_diff"] = ddp_grad_check(world=2)
     r["mem_est_5_9_b256_gb"] = estimate_memory("qonstraint_5_9", 256).total/2**30
@@ -188,12 +193,12 @@ def main():
             ("fit step / bare loop, batch 64", f"{r['loop_overhead']:.3f}", f"{r['fit_step_ms']:.1f} vs {r['bare_step_ms']:.1f} ms, tiny (target <= 1.05)"),
             ("fit step / bare loop, batch 32", f"{r['loop_overhead_b32']:.3f}", "the same fixed cost per step over half the work"),
             ("epoch on digits, DataLoader workers per sample", f"{r['epoch_loader_s']:.2f} s",
-             f"{r['epoch_images']} images, MID phase 2 + mixing, tiny, batch 64, 2 workers (data_on_device=False)"),
+             f"{r['epoch_images']} images, MID phase 2 + mixing, tiny, batch 64, 2 workers (data_on_device=False), {r['epoch_torch_threads']} torch threads"),
             ("epoch on digits, batched path (the default)", f"{r['epoch_batched_s']:.2f} s",
              f"speed-up {r['data_path_speedup']:.2f}x: data_on_device='auto' picks it on the CPU"),
             ("epoch on digits, bare loop (no augmentation)", f"{r['epoch_bare_s']:.2f} s",
              f"the batched path costs {r['epoch_batched_s']/r['epoch_bare_s']:.2f}x a loop without augmentation, mixing or EMA"),
-            ("fit's update: scaler + clip + AdamW + EMA", f"{r['update_ms']:.1f} ms", f"AdamW alone {r['adamw_step_ms']:.1f} ms; per step, whatever the batch"),
+            ("fit's update: clip + AdamW (skips non-finite) + EMA", f"{r['update_ms']:.1f} ms", f"AdamW alone {r['adamw_step_ms']:.1f} ms; per step, whatever the batch"),
             ("host reads in one step", str(r["host_syncs_per_step"]), f"{r['host_syncs_device_batch_and_step']} with the on-device batch (target <= 1)"),
             ("compile speed-up (CPU)", "n/a" if r["compile_speedup"] is None else f"{r['compile_speedup']:.2f}x",
              r.get("compile_error") or f"first step {r['compile_first_step_s']:.0f} s (compiling)"),
