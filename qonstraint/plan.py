@@ -55,9 +55,9 @@ class Plan:
     memory:int|None             # the device's memory in bytes (the GPU's; the machine's RAM on the CPU)
     peak_mb:float               # measured peak of the timed steps (CUDA allocations; the process's resident memory on the CPU)
     step_s:float                # seconds per training step of one process
-    steps_timed:int             # after one warm-up step (and one timed step to size the window)
+    steps_timed:int             # after one warm-up step and one timed step that sizes the window (1: that step alone, slow steps)
     train_ips:float             # training images per second, all processes
-    eval_ips:float              # evaluation images per second, all processes
+    eval_ips:float              # evaluation images per second, all processes (timed at the training batch, or the evaluation batch if smaller)
     sizes:dict                  # images in the train, val and test splits
     projection:Projection
     options:list = field(default_factory=list)   # what would make it fit
@@ -77,7 +77,7 @@ class Plan:
                  f"memory: one step estimated at {self.estimate.total/gib:.2f} GiB per process ({mem}): "
                  f"{ {None: 'cannot tell', True: 'fits', False: 'does NOT fit'}[self.fits_memory]}; measured peak {self.peak_mb/1024:.2f} GiB"
                  + ("" if self.largest_batch is None else f"; the largest batch that fits: {self.largest_batch}"),
-                 f"speed: {self.step_s:.3f} s per step ({self.steps_timed} steps timed) = {self.train_ips:,.0f} training images/s; "
+                 f"speed: {self.step_s:.3f} s per step ({self.steps_timed} timed) = {self.train_ips:,.0f} training images/s; "
                  f"evaluation {self.eval_ips:,.0f} images/s",
                  f"epoch: {self.sizes['train']:,} train + {self.sizes['val']:,} val images ≈ {self.projection.epoch_s:.0f} s",
                  str(self.projection)]
@@ -96,14 +96,14 @@ def _timed(p:Parts, seconds:float, max_steps:int) -> tuple[float, int, float]:
     stream = _train_stream(p)
     step = lambda b: t.train_step(*b, s)
     first = time_steps(step, stream, steps=1, device=p.device, warmup=1)          # after a warm-up (and compilation) step
-    n = max(2, min(max_steps, int(seconds/first)))
-    step_s = time_steps(step, stream, steps=n, device=p.device, warmup=0)
+    n = min(max_steps, int(seconds/first))
+    step_s, n = (time_steps(step, stream, steps=n, device=p.device, warmup=0), n) if n >= 2 else (first, 1)  # slow steps: the one
     p.model.eval()
     with torch.no_grad():
         val = chain.from_iterable(eval_loader(p, p.data.val) for _ in count())
         def forward(b):
             with p.amp.autocast(p.device.type): p.model(b[0].to(p.device, non_blocking=True))
-        eval_s = time_steps(forward, val, steps=3, device=p.device, warmup=1)
+        eval_s = time_steps(forward, val, steps=2, device=p.device, warmup=1)
     return step_s, n, eval_s
 
 def describe(device:torch.device) -> str:
@@ -116,9 +116,10 @@ def plan(cfg:TrainConfig,
          max_steps:int=20) -> Plan: # at most this many timed steps
     "Estimate the memory and time a few real steps of the run `cfg` on this machine; project its epoch and whole-run time."
     world = cfg.devices
-    one = replace(cfg, devices=1, batch_size=cfg.batch_size//world, eval_batch_size=-(-cfg.eval_batch_size//world),
-                  init_from=None)                               # one process, its share of the batch; the architecture is cfg's
-    data, sizes = stand_in_data(one, one.batch_size*(max_steps + 2), 2*one.eval_batch_size)
+    share = cfg.batch_size//world
+    one = replace(cfg, devices=1, batch_size=share, eval_batch_size=min(share, -(-cfg.eval_batch_size//world)),
+                  init_from=None)          # one process, its share of the batch, evaluation timed at it too; the architecture is cfg's
+    data, sizes = stand_in_data(one, one.batch_size*(max_steps + 2), 3*one.eval_batch_size)   # no loader restarts while timed
     p = build_run(one, data)
     try:
         if p.device.type == "cuda": torch.cuda.reset_peak_memory_stats(p.device)

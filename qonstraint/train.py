@@ -442,7 +442,7 @@ class Projection:
 
 def faster_options(cfg:TrainConfig, device:torch.device, compiled:bool) -> list[str]:
     "What would make a run faster on `device`, among what it does not use yet."
-    opts = []
+    opts = ["a GPU (device=cuda): this is the CPU"] if device.type == "cpu" else []
     if device.type == "cuda" and (n := torch.cuda.device_count()) > cfg.devices:
         opts.append(f"devices={n} (DDP over this machine's {n} GPUs: up to {n/cfg.devices:g}× fewer seconds per epoch)")
     if cfg.data_on_device is False: opts.append("data_on_device=True (augment on the device, not in DataLoader workers)")
