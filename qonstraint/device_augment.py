@@ -276,7 +276,8 @@ class DeviceAugment:
         x = resized_crop_flip(x, crop_boxes(B, H, W, (p.crop_scale, 1.0), dev), torch.rand(B, device=dev) < 0.5)
         x = color_jitter(x, p.jitter)                                              # B, 3, 64, 64
         if p.randaugment and self.randaugment: x = randaugment(x)
-        x = torch.addcmul(self.shift.to(dev, non_blocking=True), x, self.scale.to(dev, non_blocking=True))
+        if self.scale.device != dev: self.scale, self.shift = self.scale.to(dev), self.shift.to(dev)  # once per device, not per batch
+        x = torch.addcmul(self.shift, x, self.scale)
         return x.masked_fill_(erase_masks(B, IMAGE_SIZE, IMAGE_SIZE, p.erase_p, p.erase_scale, dev), 0.0)
 
     def __repr__(self): return f"DeviceAugment(level={self.level!r}, phase={self.phase}, randaugment={self.randaugment}, {self.policy})"
