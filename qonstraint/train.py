@@ -268,7 +268,10 @@ def build_run(cfg:TrainConfig,
     seed_everything(cfg.seed)
     if cfg.init_from is not None and not cfg.resume: check_init_from(cfg)     # a resumed run has its own weights
     data = data or load_dataset(cfg.dataset, root=cfg.data_dir, seed=cfg.seed, download=cfg.download)
-    cfg = replace(cfg, data_on_device=on_device(cfg.data_on_device, device, data.train.images.nbytes, env.main))
+    asked = cfg.data_on_device
+    if asked == "auto" and cfg.resume and (cfg.run_dir/CONFIG_FILE).is_file():   # a resumed run keeps the path it took
+        asked = read_json(cfg.run_dir/CONFIG_FILE)["data_on_device"]
+    cfg = replace(cfg, data_on_device=on_device(asked, device, data.train.images.nbytes, env.main))
     model = make_network(cfg, data.num_classes)
     model.set_grad_checkpointing(cfg.checkpoint_stages)
     if env.main and (advice := memory_advice(model.cfg, cfg.batch_size//cfg.devices, device, amp, cfg.checkpoint_stages)):
