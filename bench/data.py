@@ -31,7 +31,7 @@ RSS) / arrays), added_pss_over_arrays; all_first_s and all_first_1worker_s (ever
 (first load with 1 worker / with --workers) and wall_s.
 """
 from __future__ import annotations
-import argparse, contextlib, datetime, hashlib, json, os, platform, shutil, subprocess, sys, tempfile, threading, time
+import argparse, contextlib, datetime, hashlib, json, os, shutil, subprocess, sys, tempfile, threading, time
 from pathlib import Path
 
 SIZE = dict(n_classes=200, n_train=500, n_val=50, n_test=10_000, gray_every=50, seed=0)   # the official counts
@@ -157,14 +157,11 @@ def describe(folder:Path) -> dict:
     return dict(jpegs=n, jpeg_kb=size/n/1000, grayscale=gray)
 
 
-def machine() -> dict:
-    "What this benchmark ran on."
+def machine_here() -> dict:
+    "What this benchmark ran on (bench/machine.py), with the versions of the decoding's libraries."
     import numpy, PIL, torch
-    from qonstraint.data import usable_cores
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-    return dict(cpu=cpu, cores=os.cpu_count(), usable_cores=usable_cores(), python=platform.python_version(),
-                torch=torch.__version__, numpy=numpy.__version__, pillow=PIL.__version__,
-                date=datetime.date.today().isoformat())
+    from machine import machine
+    return machine(torch.device("cpu")) | dict(numpy=numpy.__version__, pillow=PIL.__version__, date=datetime.date.today().isoformat())
 
 
 def print_table(head:tuple, rows:list[tuple]):
@@ -192,7 +189,7 @@ def main(args):
         shutil.rmtree(caches, ignore_errors=True)
         if not args.keep: shutil.rmtree(root, ignore_errors=True)
     first, one = (min(runs[k], key=lambda r: r["seconds"]) for k in ("first", "first_1worker"))   # the fastest of each
-    m, a, load1 = machine(), first["images"], os.getloadavg()[0]
+    m, a, load1 = machine_here(), first["images"], os.getloadavg()[0]
     rows = [(f"first load, {workers} workers", first), ("cached load", cached), ("first load, 1 worker", one)]
     print(f"TinyImageNet data path at full size (bench/data.py), {m['date']}")
     print(f"machine: {m['cpu']}, {m['usable_cores']} usable cores of {m['cores']}; Python {m['python']}, torch {m['torch']}, "

@@ -34,7 +34,7 @@ the MACs of `qonstraint.model.count_macs` (one forward); checkpoint_stages' reco
 `estimate_memory(cfg, batch, amp, swa=False, checkpoint_stages)`.total (these steps keep an EMA copy but no SWA copy).
 """
 from __future__ import annotations
-import argparse, dataclasses, datetime, gc, json, math, os, platform, re, socket, subprocess, tempfile, time, warnings
+import argparse, dataclasses, datetime, gc, json, math, os, re, socket, tempfile, time, warnings
 from functools import cache
 from pathlib import Path
 
@@ -47,13 +47,15 @@ from qonstraint.augment import TINYIMAGENET_MEAN, TINYIMAGENET_STD, train_transf
 from qonstraint.collate import MixCollate
 from qonstraint.controller import ConfidenceController, ControlState, drop_path_at, mix_prob_at
 from qonstraint.core import QonstraintError, amp_policy, get_device, loader_seeding, seed_everything
-from qonstraint.data import Split
+from qonstraint.data import Split, usable_cores
 from qonstraint.device_augment import DeviceAugment, DeviceMix, device_batches
 from qonstraint.distributed import wrap_ddp
 from qonstraint.model import PRESETS, Qonstraint, count_macs, estimate_memory
 from qonstraint.runfolder import preset_network
 from qonstraint.step import build_trainer, compile_forward, compile_unavailable, time_steps
 from qonstraint.studies import load_paper
+
+from machine import machine                         # bench/machine.py
 
 TRAIN_IMAGES, VAL_IMAGES, EPOCHS = 80_000, 20_000, 70   # TinyImageNet with the paper's 80/20 split of the official train set
 NUM_CLASSES, IMAGE = 200, 64
@@ -93,31 +95,10 @@ class Sizes:
     min_s:dict            # time an option needs left in the budget to be started, by kind
 
 GPU = Sizes("qonstraint_5_9", 256, 512, TRAIN_IMAGES, 20_000, warmup=5, steps=30, amp="fp16", channels_last=True,
-            loader_workers=(len(os.sched_getaffinity(0)),), budget_s=450,
+            loader_workers=(usable_cores(),), budget_s=450,
             min_s=dict(train=20, loader=40, compile=150, eval=10, stochastic=20, ddp=60))
 CPU = Sizes("tiny", 32, 64, 256, 256, warmup=1, steps=3, amp="off", channels_last=False, loader_workers=(0, min(2, os.cpu_count())),
             budget_s=60, min_s=dict(train=2, loader=3, compile=60, eval=1, stochastic=2, ddp=10))
-
-
-def machine(device:torch.device) -> dict:
-    "What this benchmark ran on: CPU, cores, GPU, driver, CUDA, cuDNN, Python, torch, date."
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor()) \
-        if os.path.exists("/proc/cpuinfo") else platform.processor()
-    m = dict(cpu=cpu, cores=os.cpu_count(), usable_cores=len(os.sched_getaffinity(0)), python=platform.python_version(),
-             torch=torch.__version__, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), platform=platform.platform(),
-             date=datetime.datetime.now().isoformat(timespec="seconds"), gpu="none", gpu_count=0, driver=None)
-    if device.type == "cuda":
-        p = torch.cuda.get_device_properties(device)
-        m |= dict(gpu=p.name, gpu_count=torch.cuda.device_count(), capability=f"sm_{p.major}{p.minor}",
-                  gpu_memory_gib=round(p.total_memory/2**30, 1), driver=driver_version())
-    return m
-
-
-def driver_version() -> str|None:
-    "The NVIDIA driver's version, from nvidia-smi (None without it)."
-    try: out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError): return None
-    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
 def card_peak(name:str) -> dict|None:

@@ -10,7 +10,7 @@ epoch_loader_s, epoch_batched_s, epoch_bare_s, data_path_speedup (torch's defaul
 the projection of a TinyImageNet epoch on Kaggle's GPUs (a projection from the model's MACs, not a measurement).
 """
 from __future__ import annotations
-import argparse, json, os, platform, statistics, time, warnings
+import argparse, json, statistics, time, warnings
 
 import torch
 import torch.nn.functional as F
@@ -27,20 +27,14 @@ from qonstraint.runfolder import preset_network
 from qonstraint.step import build_trainer, compile_forward, compile_unavailable, ddp_grad_check
 from qonstraint.testing import count_host_syncs
 
+from machine import machine                         # bench/machine.py
+
 TRAIN_IMAGES, VAL_IMAGES = 80_000, 20_000        # TinyImageNet with the paper's 80/20 split of the official train set
 GPUS = {  # peak dense throughput, TFLOP/s (vendor data sheets)
     "P100 (fp32; no tensor cores)": (9.3, 1),
     "T4 x2 (fp16 tensor cores)": (65.0, 2),
 }
 PAPER_P100_EPOCH_S = 333                           # the paper's measured epoch time of 5.9 on a P100 (IV.A.5)
-
-
-def machine() -> dict:
-    "What this benchmark ran on."
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor()) \
-        if os.path.exists("/proc/cpuinfo") else platform.processor()
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
-    return dict(cpu=cpu, cores=os.cpu_count(), gpu=gpu, python=platform.python_version(), torch=torch.__version__)
 
 
 def median_time(fn, repeat:int, warmup:int=2) -> float:

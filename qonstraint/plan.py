@@ -11,9 +11,9 @@ from itertools import chain, count
 import numpy as np
 import torch
 
-from .data import TINY_COUNTS, DataBundle, Split, load_dataset
+from .data import TINY_COUNTS, DataBundle, Split, load_dataset, usable_cores
 from .model import MemoryEstimate, estimate_memory
-from .step import peak_mem_mb, time_steps
+from .step import MEMORY_SHARE, peak_mem_mb, time_steps
 from .train import Parts, Projection, TrainConfig, build_run, eval_loader, faster_options, time_budget, train_batches
 
 # %% auto 0
@@ -40,7 +40,7 @@ def device_memory(device:torch.device) -> int|None:
     if device.type == "cpu" and hasattr(os, "sysconf"): return os.sysconf("SC_PAGE_SIZE")*os.sysconf("SC_PHYS_PAGES")
     return None
 
-def largest_batch(est:MemoryEstimate, memory:int, share:float=0.9) -> int:
+def largest_batch(est:MemoryEstimate, memory:int, share:float=MEMORY_SHARE) -> int:
     "The largest batch whose estimate fits in `share` of `memory` bytes (0: not even one image)."
     per_image = est.activations/est.batch_size
     return max(0, int((share*memory - (est.total - est.activations))//per_image))
@@ -67,7 +67,7 @@ class Plan:
         "The largest global batch whose estimate fits in 90 % of every device's memory."
         return None if self.memory is None else largest_batch(self.estimate, self.memory)*self.cfg.devices
     @property
-    def fits_memory(self) -> bool|None: return None if self.memory is None else self.estimate.total <= 0.9*self.memory
+    def fits_memory(self) -> bool|None: return None if self.memory is None else self.estimate.total <= MEMORY_SHARE*self.memory
 
     def __str__(self):
         c, gib = self.cfg, 2**30
@@ -109,7 +109,7 @@ def _timed(p:Parts, seconds:float, max_steps:int) -> tuple[float, int, float]:
 def describe(device:torch.device) -> str:
     "The device, with the GPU's name, or the CPU's usable cores."
     if device.type == "cuda": return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"{device} ({len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores)"
+    return f"{device} ({usable_cores()} cores)"
 
 def plan(cfg:TrainConfig,
          seconds:float=20,        # about how long the timed training window lasts

@@ -21,9 +21,10 @@ from .model import Qonstraint, QonstraintConfig, estimate_memory
 from .runfolder import preset_network
 
 # %% auto 0
-__all__ = ['soft_cross_entropy', 'hardness_weights', 'training_loss', 'topk_correct', 'epoch_totals', 'TrainForward',
-           'make_optimizer', 'StepEma', 'step_if_finite', 'Trainer', 'evaluate', 'build_trainer', 'synchronize',
-           'time_steps', 'compile_unavailable', 'compile_forward', 'memory_advice', 'peak_mem_mb', 'ddp_grad_check']
+__all__ = ['MEMORY_SHARE', 'soft_cross_entropy', 'hardness_weights', 'training_loss', 'topk_correct', 'epoch_totals',
+           'TrainForward', 'make_optimizer', 'StepEma', 'step_if_finite', 'Trainer', 'evaluate', 'build_trainer',
+           'synchronize', 'time_steps', 'compile_unavailable', 'compile_forward', 'memory_advice', 'peak_mem_mb',
+           'ddp_grad_check']
 
 # %% ../nbs/13_step.ipynb 5
 def soft_cross_entropy(logits:torch.Tensor,  # B, C
@@ -217,12 +218,14 @@ def compile_forward(forward:torch.nn.Module, device:torch.device) -> tuple[torch
     return forward, False
 
 # %% ../nbs/13_step.ipynb 30
+MEMORY_SHARE = 0.9   # of a device's memory that a step's estimate may take (the rest: allocator, workspaces, fragmentation)
+
 def memory_advice(model_cfg:QonstraintConfig, batch:int, device:torch.device, amp:AmpPolicy, checkpoint_stages:bool) -> str|None:
-    "On a GPU: a warning when the estimated memory of a step of `batch` images exceeds 90 % of the card's, naming what lowers it."
+    "On a GPU: a warning when the estimated memory of a step of `batch` images exceeds `MEMORY_SHARE` (90 %) of the card's, naming what lowers it."
     if device.type != "cuda": return None
     est = estimate_memory(model_cfg, batch, amp=amp.enabled, checkpoint_stages=checkpoint_stages)
     card = torch.cuda.get_device_properties(device).total_memory
-    if est.total <= 0.9*card: return None
+    if est.total <= MEMORY_SHARE*card: return None
     fixes = (["checkpoint_stages=True"] if not checkpoint_stages else []) + ["a smaller batch_size", "more devices"]
     return (f"a step at {batch} images per GPU is estimated at {est.total/2**30:.1f} GiB, "
             f"{est.total/card:.0%} of this GPU's {card/2**30:.1f} GiB; it may run out of memory. Options: {', '.join(fixes)}.")

@@ -436,12 +436,15 @@ class Projection:
     def total_s(self) -> float: return self.spent_s + self.epochs_left*self.epoch_s
     @property
     def fits(self) -> bool|None: return None if self.budget_min is None else self.total_s <= 60*self.budget_min
-    def __str__(self):
+    @property
+    def summary(self) -> str:
+        "The projected time, how it adds up, and whether it fits the budget."
         verdict = (self.budget if self.fits is None else f"fits {self.budget}" if self.fits else
                    f"will NOT finish within {self.budget} ({duration(60*self.budget_min)})")
         spent = f"{duration(self.spent_s)} spent + " if self.spent_s else ""
-        return (f"projected run time: {duration(self.total_s)} ({spent}{self.epochs_left} epochs × {duration(self.epoch_s)}, "
+        return (f"{duration(self.total_s)} ({spent}{self.epochs_left} epochs × {duration(self.epoch_s)}, "
                 f"the final evaluation not counted): {verdict}")
+    def __str__(self): return f"projected run time: {self.summary}"
 
 def faster_options(cfg:TrainConfig, device:torch.device, compiled:bool) -> list[str]:
     "What would make a run faster on `device`, among what it does not use yet."
@@ -460,7 +463,7 @@ def foresee(p:Parts, row:dict):
     pr = Projection(row["epoch_seconds"], p.cfg.epochs - row["epoch"], time.time() - p.t0, *time_budget(p.cfg))
     print(pr, flush=True)
     if pr.fits is False:
-        warnings.warn(f"this run {str(pr).split(': ', 1)[1]}. Options: {'; '.join(faster_options(p.cfg, p.device, p.compiled))}.", stacklevel=2)
+        warnings.warn(f"this run takes {pr.summary}. Options: {'; '.join(faster_options(p.cfg, p.device, p.compiled))}.", stacklevel=2)
 
 # %% ../nbs/14_train.ipynb 40
 def fit(cfg:TrainConfig) -> Run:
