@@ -21,7 +21,7 @@ __all__ = ['AUG_LEVELS', 'AUG_PHASES', 'IMAGE_SIZE', 'POLICIES', 'TINYIMAGENET_M
 # %% ../nbs/02_augment.ipynb 7
 AUG_LEVELS = ("low", "mid", "high")
 AUG_PHASES = (1, 2)
-IMAGE_SIZE = 64  # TinyImageNet's side, in pixels; every transform outputs IMAGE_SIZE × IMAGE_SIZE
+IMAGE_SIZE = 64  # TinyImageNet's side, in pixels; the transforms output `size` × `size`, this by default
 
 @dataclass(frozen=True)
 class PhasePolicy:
@@ -59,12 +59,13 @@ def train_transform(level:str,                    # "low" | "mid" | "high"
                     phase:int,                    # 1 | 2, from `qonstraint.controller.aug_phase`
                     mean=TINYIMAGENET_MEAN,       # per-channel mean, in [0, 1]
                     std=TINYIMAGENET_STD,         # per-channel standard deviation, in [0, 1]
-                    randaugment:bool=True) -> v2.Compose: # False: never RandAugment (the recipe of Qonstraint 5.5/5.6)
-    "The random per-sample training transform: uint8 `(H, W, 3)` array -> normalized float32 `(3, 64, 64)` tensor."
+                    randaugment:bool=True,        # False: never RandAugment (the recipe of Qonstraint 5.5/5.6)
+                    size:int=IMAGE_SIZE) -> v2.Compose: # output side (the model's img_size)
+    "The random per-sample training transform: uint8 `(H, W, 3)` array -> normalized float32 `(3, size, size)` tensor."
     p = policy(level, phase)
     return v2.Compose([
         v2.ToImage(),                                                   # H, W, 3 -> 3, H, W uint8
-        v2.RandomResizedCrop(IMAGE_SIZE, scale=(p.crop_scale, 1.0)),    # -> 3, 64, 64
+        v2.RandomResizedCrop(size, scale=(p.crop_scale, 1.0)),          # -> 3, size, size
         v2.RandomHorizontalFlip(),
         v2.ColorJitter(brightness=p.jitter, contrast=p.jitter, saturation=p.jitter),
         *([v2.RandAugment()] if p.randaugment and randaugment else []),
@@ -73,9 +74,10 @@ def train_transform(level:str,                    # "low" | "mid" | "high"
         v2.ToPureTensor()])
 
 def val_transform(mean=TINYIMAGENET_MEAN, # per-channel mean, in [0, 1]
-                  std=TINYIMAGENET_STD) -> v2.Compose: # per-channel standard deviation, in [0, 1]
-    "The deterministic evaluation transform: center crop 64 pixels and normalize."
-    return v2.Compose([v2.ToImage(), v2.CenterCrop(IMAGE_SIZE), *_to_normalized(mean, std), v2.ToPureTensor()])
+                  std=TINYIMAGENET_STD,   # per-channel standard deviation, in [0, 1]
+                  size:int=IMAGE_SIZE) -> v2.Compose: # output side (the model's img_size)
+    "The deterministic evaluation transform: center crop `size` pixels and normalize."
+    return v2.Compose([v2.ToImage(), v2.CenterCrop(size), *_to_normalized(mean, std), v2.ToPureTensor()])
 
 # %% ../nbs/02_augment.ipynb 24
 def denormalize(x:torch.Tensor, # 3, H, W normalized image

@@ -9,17 +9,12 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .blocks import QonvViTBlock
+from .blocks import QonvViTBlock, distributional_clamp
 
 # %% auto 0
-__all__ = ['feature_stats', 'QonvViT']
+__all__ = ['QonvViT']
 
 # %% ../nbs/06_backbone.ipynb 5
-def feature_stats(x:torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    "The mean and standard deviation of a feature map, detached, in float32."
-    x = x.detach().float()
-    return x.mean(), x.std()
-
 class QonvViT(nn.Module):
     "Three hierarchical stages of QonvViT blocks; `forward` returns `(low_feat, high_feat)`."
     def __init__(self, embed_dims:tuple=(128, 256, 512, 1024), # stem output, then the width of each stage
@@ -32,7 +27,8 @@ class QonvViT(nn.Module):
                                     for cin, cout, depth, stride in zip(embed_dims, embed_dims[1:], depths, strides))
         self.set_drop_path(drop_path_rate)
         self.grad_checkpointing = False  # recompute each stage in the backward pass (`set_grad_checkpointing`)
-        self.feat_stats = None           # (mean, std) of the last `high_feat`
+        self.feat_stats = None           # (mean, std) of the last block's output before its final clamp, in the last forward
+        self.stages[-1][-1].keep_stats = True
 
     @staticmethod
     def _make_stage(cin:int, cout:int, depth:int, stride:int, **block_kwargs) -> nn.Sequential:
@@ -64,5 +60,5 @@ class QonvViT(nn.Module):
 
     def forward(self, x):
         _, low_feat, high_feat = self.forward_stages(x)
-        self.feat_stats = feature_stats(high_feat)
+        self.feat_stats = self.stages[-1][-1].stats
         return low_feat, high_feat      # B, 512, 8, 8 and B, 1024, 4, 4

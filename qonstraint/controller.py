@@ -5,14 +5,14 @@
 # %% ../nbs/10_controller.ipynb 2
 from __future__ import annotations
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from .core import QonstraintError, check_choice
 
 # %% auto 0
-__all__ = ['confidence', 'reward_of', 'ControllerConfig', 'base_lr_at', 'aug_phase', 'phase2_starts', 'late_stage',
-           'ema_decay_at', 'label_smoothing_at', 'drop_path_at', 'mix_prob_at', 'aux_weight_at', 'ControlState',
-           'ConfidenceController']
+__all__ = ['CONTROLLERS', 'confidence', 'reward_of', 'ControllerConfig', 'restart_epoch', 'base_lr_at', 'aug_phase',
+           'phase2_starts', 'late_stage', 'ema_decay_at', 'label_smoothing_at', 'drop_path_at', 'mix_prob_at',
+           'aux_weight_at', 'ControlState', 'ConfidenceController', 'plain_lr_at', 'BaseSchedule', 'make_controller']
 
 # %% ../nbs/10_controller.ipynb 5
 def confidence(reward:float) -> float:
@@ -32,7 +32,7 @@ class ControllerConfig:
     min_lr:float = 1e-4             # end of each cosine cycle, and the floor of the LR
     max_lr:float = 6e-4             # ceiling of boosts; plateau resets go to 0.6·max_lr (see the table check)
     warmup_epochs:int = 1           # linear warm-up of the base schedule
-    cycle_frac:float = 0.85         # cosine cycle length, as a fraction of `epochs` (one restart, as SWA starts)
+    explore_epochs:int = 10         # the warm restart: a second cosine over the last `explore_epochs` epochs (0: none)
     reward_clip:float = 5.0         # |reward| limit, in accuracy points
     boost_confidence:float = 0.7    # boost the LR when reward > 0 and confidence exceeds this
     boost_gain:float = 0.065        # LR ← LR·(1 + boost_gain·reward)
@@ -58,13 +58,20 @@ class ControllerConfig:
         if not 0 < self.min_lr <= self.base_lr <= self.max_lr:
             raise QonstraintError(f"need 0 < min_lr <= base_lr <= max_lr, got {self.min_lr}, {self.base_lr}, {self.max_lr}")
         if self.patience < 1: raise QonstraintError(f"patience must be at least 1, got {self.patience}")
+        if self.explore_epochs < 0: raise QonstraintError(f"explore_epochs must be >= 0, got {self.explore_epochs}")
+
+def restart_epoch(cfg:ControllerConfig) -> int|None:
+    "The epoch (from 1) where the warm restart lifts the base LR back to base_lr; None when the run has room for one cosine only."
+    r = cfg.epochs - cfg.explore_epochs + 1
+    return r if cfg.explore_epochs >= 2 and r > cfg.warmup_epochs + 2 else None
 
 def base_lr_at(cfg:ControllerConfig, epoch:int) -> float:
-    "The base schedule's LR for `epoch` (counted from 1): linear warm-up, then cosine cycles base_lr → min_lr."
+    "The base schedule's LR for `epoch` (counted from 1): linear warm-up, a cosine base_lr → min_lr, restarted for the last epochs."
     if epoch <= cfg.warmup_epochs: return cfg.base_lr*epoch/cfg.warmup_epochs
-    cycle = max(2, round(cfg.cycle_frac*cfg.epochs))
-    t = (epoch - cfg.warmup_epochs - 1) % cycle
-    return cfg.min_lr + 0.5*(cfg.base_lr - cfg.min_lr)*(1 + math.cos(math.pi*t/(cycle - 1)))
+    r = restart_epoch(cfg)
+    first, last = (r, cfg.epochs) if r and epoch >= r else (cfg.warmup_epochs + 1, r - 1 if r else cfg.epochs)
+    t = min(epoch - first, last - first)/max(1, last - first)    # 0 at the cycle's first epoch, 1 at its last (and after)
+    return cfg.min_lr + 0.5*(cfg.base_lr - cfg.min_lr)*(1 + math.cos(math.pi*t))
 
 # %% ../nbs/10_controller.ipynb 12
 def aug_phase(epoch:int,    # the current epoch, counted from 0
@@ -180,3 +187,50 @@ class ConfidenceController:
                                   "Resume with the run's own settings.")
         self.prev_top1, self.since_growth, self.since_boost = d["prev_top1"], d["since_growth"], d["since_boost"]
         self.state = ControlState(**d["state"])
+
+# %% ../nbs/10_controller.ipynb 32
+CONTROLLERS = ("paper", "off")
+
+def plain_lr_at(cfg:ControllerConfig, epoch:int) -> float:
+    "The LR of `controller='off'` for `epoch` (from 1): the warm-up, then one cosine base_lr → min_lr at the last epoch."
+    return base_lr_at(replace(cfg, explore_epochs=0), epoch)
+
+class BaseSchedule:
+    "`controller='off'`: the base LR schedule alone, with β1, EMA decay, smoothing, DropPath and mixing at their base values."
+    def __init__(self, epochs:int=70, momentum:float=0.92, **overrides):
+        self.cfg, self.momentum = ControllerConfig(epochs=epochs, **overrides), momentum
+        self.prev_top1 = 0.0
+        self.state = self._settings(1, reward=0.0, conf=0.5)
+
+    def _settings(self, epoch, reward, conf) -> ControlState:
+        "The state for `epoch` (from 1): every setting at its base value; `reward` and `conf` only recorded."
+        c = self.cfg
+        phase = aug_phase(min(epoch, c.epochs) - 1, c.epochs)
+        return ControlState(epoch, plain_lr_at(c, epoch), self.momentum, ema_decay_at(c, 0.5),
+                            max(c.smoothing_floor, c.smoothing_gain*0.5), drop_path_at(c, phase, 0.5),
+                            mix_prob_at(c, phase, 0.5), aux_weight_at(c, epoch), phase, reward, conf, "")
+
+    def update(self, val_top1:float) -> ControlState:
+        "Take the finished epoch's validation top-1 (%), record its reward, and return the next epoch's (base) settings."
+        reward = max(-self.cfg.reward_clip, min(self.cfg.reward_clip, val_top1 - self.prev_top1))
+        self.prev_top1 = val_top1
+        self.state = self._settings(self.state.epoch + 1, reward, confidence(reward))
+        return self.state
+
+    def state_dict(self) -> dict:
+        return dict(prev_top1=self.prev_top1, state=asdict(self.state), cfg=asdict(self.cfg) | dict(off_momentum=self.momentum))
+
+    def load_state_dict(self, d:dict):
+        if d["cfg"] != asdict(self.cfg) | dict(off_momentum=self.momentum):
+            raise QonstraintError("controller state was saved with another configuration, or by the paper's controller: "
+                                  "resume with the run's own settings (its controller field).")
+        self.prev_top1, self.state = d["prev_top1"], ControlState(**d["state"])
+
+def make_controller(setting:str|dict,   # "paper", "off", or a dict of overrides of the paper's constants
+                    epochs:int,
+                    momentum:float,      # β1 of the optimizer: what "off" holds (the paper's controller starts at momentum_start)
+                    **schedule):         # base_lr, min_lr, max_lr, warmup_epochs
+    "The controller a run's `controller` field names."
+    if isinstance(setting, dict): return ConfidenceController(epochs, **schedule, **setting)
+    if check_choice("controller", setting, CONTROLLERS) == "off": return BaseSchedule(epochs, momentum, **schedule)
+    return ConfidenceController(epochs, **schedule)

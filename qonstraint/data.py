@@ -104,20 +104,22 @@ def split_per_class(labels:np.ndarray, # N class indices
     return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
 
 # %% ../nbs/01_data.ipynb 12
-DIGITS_SOURCE = "scikit-learn load_digits: 1,797 handwritten 8x8 digits upscaled to 64x64 (not TinyImageNet)"
+DIGITS_SOURCE = "scikit-learn load_digits: 1,797 handwritten 8x8 digits upscaled to {size}x{size} (not TinyImageNet)"
 
-def load_digits_bundle(seed:int=0) -> DataBundle:
-    "scikit-learn's handwritten digits as 64×64×3 uint8 images, per-class 60/20/20 split."
+def load_digits_bundle(seed:int=0,  # seed of the per-class split
+                       size:int=64  # side of the upscaled images (the 8×8 originals lose nothing at 32)
+                      ) -> DataBundle:
+    "scikit-learn's handwritten digits as `size`×`size`×3 uint8 images, per-class 60/20/20 split."
     from sklearn.datasets import load_digits
     d = load_digits()
     x = torch.from_numpy(d.images).float()[:, None]/16                          # N, 1, 8, 8 in [0, 1]
-    x = torch.nn.functional.interpolate(x, size=64, mode="bilinear", align_corners=False)  # N, 1, 64, 64
-    images = (x*255).round().clamp(0, 255).byte().permute(0, 2, 3, 1).repeat(1, 1, 1, 3).numpy()  # N, 64, 64, 3
+    x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)  # N, 1, size, size
+    images = (x*255).round().clamp(0, 255).byte().permute(0, 2, 3, 1).repeat(1, 1, 1, 3).numpy()  # N, size, size, 3
     labels, classes = d.target.astype(np.int64), [str(c) for c in range(10)]
     rest, test = split_per_class(labels, 0.8, seed)
     train, val = (rest[i] for i in split_per_class(labels[rest], 0.75, seed))
     whole = Split(images, labels, classes)
-    return DataBundle("digits", whole[train], whole[val], whole[test], classes, DIGITS_SOURCE)
+    return DataBundle("digits", whole[train], whole[val], whole[test], classes, DIGITS_SOURCE.format(size=size))
 
 # %% ../nbs/01_data.ipynb 17
 TINY_DIR = "tiny-imagenet-200"
@@ -432,13 +434,17 @@ def load_dataset(name:str,            # "tinyimagenet" | "digits" | "imagefolder
                  seed:int=0,          # seed of the per-class split
                  download:bool=False, # fetch the official TinyImageNet zip if it is not found
                  cache=None,          # cache folder; None: `qonstraint.core.cache_dir()`
-                 workers:int|None=None) -> DataBundle: # decoding processes; None: one per usable core (`decode_images`)
-    "Load a dataset as train/val/test `Split`s of uint8 `(N, 64, 64, 3)` images."
+                 workers:int|None=None, # decoding processes; None: one per usable core (`decode_images`)
+                 img_size:int=64) -> DataBundle: # image side: 64, or any size for digits (upscaled 8×8 images)
+    "Load a dataset as train/val/test `Split`s of uint8 `(N, img_size, img_size, 3)` images."
     check_choice("dataset", name, DATASETS)
+    if img_size != 64 and name != "digits":
+        raise QonstraintError(f"img_size={img_size} is for the digits (8×8 images upscaled to any size); {name} images are "
+                              "64×64. Fix: keep img_size 64 (the model field `img_size`) for this dataset.")
     if name == "digits":
         if root is not None: raise QonstraintError(f"dataset 'digits' ships with scikit-learn and takes no folder, "
                                                    f"but root={str(root)!r} was given. Fix: drop it, or use dataset='tinyimagenet'.")
-        return load_digits_bundle(seed)
+        return load_digits_bundle(seed, img_size)
     if name == "imagefolder": return load_imagefolder(root, seed, workers)
     return load_tinyimagenet(root, seed, download, cache, workers)
 

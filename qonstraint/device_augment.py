@@ -4,7 +4,7 @@
 
 # %% ../nbs/03a_device_augment.ipynb 2
 from __future__ import annotations
-import math
+import functools, math
 from itertools import product
 
 import numpy as np
@@ -196,10 +196,16 @@ def ra_magnitudes(size:int=IMAGE_SIZE,          # the (square) image size the ma
 
 RA_NUM_OPS, RA_MAGNITUDES = v2.RandAugment().num_ops, ra_magnitudes()   # torchvision's defaults, at 64 × 64
 
-def signed_magnitudes(flip:torch.Tensor) -> list[torch.Tensor]: # 13 × (G,)
-    "The magnitudes of RA_OPS[1:] for groups of G, negated where `flip` (13, G) for the signed ops."
+@functools.lru_cache
+def _magnitudes_at(size:int) -> dict: return RA_MAGNITUDES if size == IMAGE_SIZE else ra_magnitudes(size)
+
+def signed_magnitudes(flip:torch.Tensor,       # 13, G bool
+                      size:int=IMAGE_SIZE      # the images' side: the translations scale with it
+                     ) -> list[torch.Tensor]:  # 13 × (G,)
+    "The magnitudes of RA_OPS[1:] for groups of G on `size`-pixel images, negated where `flip` for the signed ops."
+    mags = _magnitudes_at(size)
     return [torch.where(f, -mag, mag) if signed else torch.full_like(f, mag, dtype=torch.float)
-            for f, (mag, signed) in zip(flip, (RA_MAGNITUDES[op] for op in RA_OPS[1:]))]
+            for f, (mag, signed) in zip(flip, (mags[op] for op in RA_OPS[1:]))]
 
 def ra_apply(y:torch.Tensor,  # 13, G, 3, H, W in [0, 1]: group k gets the op RA_OPS[k + 1]
              m:list) -> torch.Tensor: # 13 × (G,) signed magnitudes, from `signed_magnitudes`
@@ -218,7 +224,7 @@ def randaugment(x:torch.Tensor) -> torch.Tensor: # B, 3, H, W in [0, 1]
     for _ in range(RA_NUM_OPS):
         order = torch.randperm(n*G, device=x.device)           # deal the rows: rows k·G..(k+1)·G-1 get RA_OPS[k]
         y, src = y.index_select(0, order.clamp(max=len(y) - 1)), src[order]   # round 1: padding rows copy sample B-1
-        ra_apply(y[G:].view(n - 1, G, C, H, W), signed_magnitudes(torch.rand(n - 1, G, device=x.device) <= 0.5))
+        ra_apply(y[G:].view(n - 1, G, C, H, W), signed_magnitudes(torch.rand(n - 1, G, device=x.device) <= 0.5, H))
     return y.index_select(0, src.argsort()[:B])                 # back in the batch's order, without the padding
 
 # %% ../nbs/03a_device_augment.ipynb 26
@@ -255,11 +261,12 @@ class DeviceAugment:
                  phase:int,                        # 1 | 2, from `qonstraint.controller.aug_phase`
                  mean=TINYIMAGENET_MEAN,           # per-channel mean, in [0, 1]
                  std=TINYIMAGENET_STD,             # per-channel standard deviation, in [0, 1]
-                 randaugment:bool=True):           # False: never RandAugment (the recipe of Qonstraint 5.5/5.6)
+                 randaugment:bool=True,            # False: never RandAugment (the recipe of Qonstraint 5.5/5.6)
+                 size:int=IMAGE_SIZE):             # output side (the model's img_size)
         policy(level, 1)
         if len(mean) != 3 or len(std) != 3:
             raise QonstraintError(f"mean and std must have 3 values (R, G, B), got {mean!r} and {std!r}")
-        self.level, self.phase, self.randaugment = level, phase, randaugment
+        self.level, self.phase, self.randaugment, self.size = level, phase, randaugment, size
         mean, std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
         self.scale, self.shift = 1/std, -mean/std                                # normalize: x·scale + shift
 
@@ -268,17 +275,17 @@ class DeviceAugment:
     @phase.setter
     def phase(self, phase:int): self.policy, self._phase = policy(self.level, phase), phase
 
-    def __call__(self, images:torch.Tensor) -> torch.Tensor: # B, H, W, 3 uint8 -> B, 3, 64, 64 float32
+    def __call__(self, images:torch.Tensor) -> torch.Tensor: # B, H, W, 3 uint8 -> B, 3, size, size float32
         "Augment and normalize a batch, per sample, without synchronising with the host."
         _check_images(images)
         p, (B, H, W, _), dev = self.policy, images.shape, images.device
         x = images.permute(0, 3, 1, 2).float()/255                                 # B, 3, H, W in [0, 1]
-        x = resized_crop_flip(x, crop_boxes(B, H, W, (p.crop_scale, 1.0), dev), torch.rand(B, device=dev) < 0.5)
+        x = resized_crop_flip(x, crop_boxes(B, H, W, (p.crop_scale, 1.0), dev), torch.rand(B, device=dev) < 0.5, self.size)
         x = color_jitter(x, p.jitter)                                              # B, 3, 64, 64
         if p.randaugment and self.randaugment: x = randaugment(x)
         if self.scale.device != dev: self.scale, self.shift = self.scale.to(dev), self.shift.to(dev)  # once per device, not per batch
         x = torch.addcmul(self.shift, x, self.scale)
-        return x.masked_fill_(erase_masks(B, IMAGE_SIZE, IMAGE_SIZE, p.erase_p, p.erase_scale, dev), 0.0)
+        return x.masked_fill_(erase_masks(B, self.size, self.size, p.erase_p, p.erase_scale, dev), 0.0)
 
     def __repr__(self): return f"DeviceAugment(level={self.level!r}, phase={self.phase}, randaugment={self.randaugment}, {self.policy})"
 

@@ -4,7 +4,8 @@
 
 # %% ../nbs/16_experiments.ipynb 2
 from __future__ import annotations
-import shutil, time
+import os, shutil, time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,18 +13,18 @@ import pandas as pd
 
 from .core import QonstraintError, check_choice
 from .model import PRESETS
-from .runfolder import LOG_FILES, find_run_dirs, run_state
-from .studies import STUDIES, study_runs
+from .runfolder import CONFIG_FILE, LOG_FILES, find_run_dirs, read_json, run_state, write_json
+from .studies import PAPER_RECIPE, STUDIES, study_runs
 
 # %% auto 0
-__all__ = ['SIZES', 'MIN_MINUTES', 'TRAIN_NB', 'scaled_widths', 'run_name', 'GridRun', 'paper_grid', 'papermill_run', 'run_grid',
-           'export_logs']
+__all__ = ['SIZES', 'MIN_MINUTES', 'TRAIN_NB', 'PATH_FIELDS', 'scaled_widths', 'run_name', 'GridRun', 'paper_grid',
+           'papermill_run', 'run_grid', 'portable_config', 'export_logs']
 
 # %% ../nbs/16_experiments.ipynb 5
 SIZES = {
     "paper": dict(),
-    "cpu": dict(dataset="digits", epochs=10, batch_size=64, lr=1e-3, min_lr=1e-4, max_lr=1.2e-3, num_workers=0,
-                device="cpu", controller={"reward_clip": 1.0}, width=1/8),
+    "cpu": dict(dataset="digits", epochs=30, batch_size=64, lr=1e-3, min_lr=1e-4, max_lr=1.2e-3, num_workers=0,
+                device="cpu", controller={"explore_epochs": 4}, model={"img_size": 32}, width=1/8),
 }
 
 def scaled_widths(preset:str, width:float) -> dict:
@@ -39,6 +40,7 @@ def run_name(cfg:dict, width:float|None=None) -> str:
     return "-".join([cfg["preset"], cfg["head"], cfg["stem"], cfg["aug"]] + ([f"d{''.join(map(str, depths))}"] if depths else [])
                     + ([] if cfg.get("randaugment", True) else ["norandaug"])
                     + (["mixup"] if tuple(cfg.get("mix_modes", ())) == ("mixup",) else [])
+                    + (["off"] if cfg.get("controller") == "off" else [])
                     + ([f"w{width:g}"] if width else []) + [cfg.get("dataset", "tinyimagenet"), f"s{cfg.get('seed', 0)}"])
 
 # %% ../nbs/16_experiments.ipynb 12
@@ -50,17 +52,21 @@ class GridRun:
     config:dict
 
 def paper_grid(size:str="cpu",          # "paper" | "cpu" (see `SIZES`)
-               studies=tuple(STUDIES),  # which of the paper's studies (keys of `qonstraint.studies.STUDIES`)
-               seeds=(0, 1, 2),         # seeds of the main study; the others run at the first
+               studies=tuple(STUDIES),  # which studies (keys of `qonstraint.studies.STUDIES`)
+               seeds=(0, 1, 2),         # seeds of the repeated studies (main, controller)
+               ablation_seeds=None,     # seeds of the others; None: the first of `seeds`
                **overrides) -> list[GridRun]: # any TrainConfig field, on top of the size's
     "The paper's runs (section IV) as a list of `GridRun`; a run shared by several studies appears once."
     base = SIZES[check_choice("size", size, SIZES)] | overrides
-    width = base.pop("width", None)
-    seeds = {s: tuple(seeds) if STUDIES[check_choice("study", s, STUDIES)].repeated else tuple(seeds)[:1] for s in studies}
+    width, paper_controller, size_model = base.pop("width", None), base.pop("controller", None), base.pop("model", {})
+    recipe = PAPER_RECIPE | {k: base.pop(k) for k in PAPER_RECIPE if k in base}   # the main runs' at this size: studies scale it
+    once = tuple(seeds)[:1] if ablation_seeds is None else tuple(ablation_seeds)
+    seeds = {s: tuple(seeds) if STUDIES[check_choice("study", s, STUDIES)].repeated else once for s in studies}
     runs = {}
-    for cfg, in_studies in study_runs(seeds):
+    for cfg, in_studies in study_runs(seeds, recipe):
         cfg = cfg | base
-        if width: cfg["model"] = scaled_widths(cfg["preset"], width) | cfg.get("model", {})
+        if paper_controller and cfg["controller"] == "paper": cfg["controller"] = paper_controller   # the size's constants
+        cfg["model"] = (scaled_widths(cfg["preset"], width) if width else {}) | size_model | cfg.get("model", {})
         name = run_name(cfg, width)
         in_studies = tuple(dict.fromkeys((runs[name].studies if name in runs else ()) + in_studies))  # overrides may merge runs
         runs[name] = GridRun(name, in_studies, cfg | dict(run_name=name))
@@ -87,7 +93,8 @@ def run_grid(grid:list[GridRun],    # from `paper_grid`
              out_dir,               # parent of the run folders
              execute=papermill_run, # called as execute(params, out_dir) for each run to train
              dry_run:bool=False,    # True: only report what would be done
-             max_minutes:float|None=None) -> pd.DataFrame: # budget of the whole grid (e.g. a Kaggle session)
+             max_minutes:float|None=None, # budget of the whole grid (e.g. a Kaggle session)
+             workers:int=1) -> pd.DataFrame: # runs trained at the same time (each its own papermill process)
     "Train every run of `grid` that is not finished (resuming stopped ones); return a table of what was done."
     out_dir = Path(out_dir).absolute()
     plan = pd.DataFrame([dict(run=r.name, studies=", ".join(r.studies), state=run_state(out_dir/r.name)) for r in grid])
@@ -98,24 +105,34 @@ def run_grid(grid:list[GridRun],    # from `paper_grid`
                               "away and run the grid again (nothing was trained).")
     if dry_run: return plan
     t0 = time.time()
-    for r, action in zip(grid, plan.action):
-        if action == "skip": continue
+    def train(r:GridRun, action:str):
         params = r.config | dict(out_dir=str(out_dir), resume=action == "resume")
         if max_minutes is not None:  # each run gets what is left of the budget; none starts with under MIN_MINUTES
             left = max_minutes - (time.time() - t0)/60
-            if left < MIN_MINUTES: break
+            if left < MIN_MINUTES: return
             params["max_minutes"] = left
         execute(params, out_dir)
+    todo = [(r, a) for r, a in zip(grid, plan.action) if a != "skip"]
+    with ThreadPoolExecutor(workers) as pool:   # started in the grid's order; the first error is raised once the others end
+        list(pool.map(lambda todo_one: train(*todo_one), todo))
     plan["state_after"] = [run_state(out_dir/r.name) for r in grid]
     return plan
 
 # %% ../nbs/16_experiments.ipynb 24
+PATH_FIELDS = ("out_dir", "data_dir", "init_from")   # TrainConfig fields that hold paths
+
+def portable_config(config:dict, run_dir:Path) -> dict:
+    "`config` with its absolute paths (`PATH_FIELDS`) made relative to `run_dir`, the folder it was written in."
+    rel = lambda v: os.path.relpath(v, run_dir) if isinstance(v, str) and Path(v).is_absolute() else v
+    return config | {k: rel(config[k]) for k in PATH_FIELDS if k in config}
+
 def export_logs(src, dst) -> list[str]:
-    "Copy the logs (no checkpoints) of every finished run folder under `src` to `dst`; return the run names."
+    "Copy the logs (no checkpoints) of every finished run folder under `src` to `dst`, paths made relative; return the run names."
     names = []
     for d in find_run_dirs(src):
         if run_state(d) != "finished": continue
         (Path(dst)/d.name).mkdir(parents=True, exist_ok=True)
         for f in LOG_FILES: shutil.copy2(d/f, Path(dst)/d.name/f)
+        write_json(Path(dst)/d.name/CONFIG_FILE, portable_config(read_json(d/CONFIG_FILE), d.absolute()))
         names.append(d.name)
     return names

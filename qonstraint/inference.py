@@ -73,7 +73,7 @@ class Predictor:
         self.device = get_device(device)
         self.model, self.classes, self.class_names = model.eval().to(self.device), list(classes), list(class_names)
         self.mean, self.std, self.weights, self.batch_size = tuple(mean), tuple(std), weights, batch_size
-        self.tfm, self.img_size = val_transform(self.mean, self.std), model.cfg.img_size
+        self.tfm, self.img_size = val_transform(self.mean, self.std, model.cfg.img_size), model.cfg.img_size
 
     @classmethod
     def from_files(cls, weights:Path|str,      # model.safetensors, or a training checkpoint (.pt)

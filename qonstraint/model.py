@@ -43,7 +43,8 @@ class QonstraintConfig:
     embed_dims:tuple = (128, 256, 512, 1024)  # channels: stem output, then stages 1, 2, 3
     depths:tuple = (3, 5, 6)                  # QonvViT blocks per stage
     stage_strides:tuple = (2, 2, 2)           # stride of each stage's downsampling conv (32 -> 16 -> 8 -> 4 px)
-    token_mixer:str = "depthwise"             # the blocks' 3x3 token-mixing conv: "depthwise" or "full"
+    token_mixer:str = "depthwise"             # the blocks' 3x3 token-mixing conv: "depthwise" or "full"; "neighborhood": depthwise + neighbourhood attention
+    na_kernel:int = 7                         # neighbourhood attention window side (odd, >= 3); only with token_mixer="neighborhood"
     mlp_ratio:float = 4.0                     # channel-MLP expansion
     excite_ratio:int = 4                      # TokenExcite MLP hidden width = channels / excite_ratio
     norm:str = "layer"                        # backbone and head norms: "layer" (5.9) or "batch" (5.5, 5.6)
@@ -60,6 +61,8 @@ class QonstraintConfig:
         for name in ("embed_dims", "depths", "stage_strides"): object.__setattr__(self, name, tuple(getattr(self, name)))
         check_choice("stem", self.stem, STEMS)
         check_choice("token mixer", self.token_mixer, TOKEN_MIXERS)
+        if self.na_kernel < 3 or self.na_kernel % 2 == 0:
+            raise QonstraintError(f"na_kernel (the neighbourhood attention's window side) must be odd and >= 3; got {self.na_kernel}")
         check_choice("norm", self.norm, NORMS)
         check_choice("head", self.head, HEADS)
         if (len(self.embed_dims), len(self.depths), len(self.stage_strides)) != (4, 3, 3):
@@ -102,7 +105,7 @@ class Qonstraint(nn.Module):
         self.stem = ConvStem(cfg.in_chans, cfg.embed_dims[0], cfg.stem, cfg.stem_separable, cfg.stem_drop_rate)
         self.backbone = QonvViT(cfg.embed_dims, cfg.depths, cfg.stage_strides, cfg.drop_path_rate,
                                 mlp_ratio=cfg.mlp_ratio, excite_ratio=cfg.excite_ratio, norm=cfg.norm,
-                                token_mixer=cfg.token_mixer, res_scale_init=cfg.res_scale_init, clamp=cfg.clamp)
+                                token_mixer=cfg.token_mixer, na_kernel=cfg.na_kernel, res_scale_init=cfg.res_scale_init, clamp=cfg.clamp)
         self.fusion = FusionBlockV2(cfg.embed_dims[2], cfg.embed_dims[3], cfg.fusion_dim, cfg.num_heads, cfg.drop_rate)
         self.head = HEADS[cfg.head].from_config(cfg)        # SOTAQlassifierHead or GAPHead
         if global_pool is not None: self.head.reset_classifier(cfg.num_classes, global_pool)

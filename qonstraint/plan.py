@@ -27,7 +27,7 @@ TINYIMAGENET_SIZES = dict(train=TINY_COUNTS["classes"]*TINY_COUNTS["train"]*4//5
 def stand_in_data(cfg:TrainConfig, n_train:int, n_eval:int) -> tuple[DataBundle, dict]:
     "What `plan` trains on, and the real split sizes: random TinyImageNet-shaped images (n_train, n_eval), or digits / the image folder itself."
     if cfg.dataset != "tinyimagenet":
-        d = load_dataset(cfg.dataset, root=cfg.data_dir, seed=cfg.seed)
+        d = load_dataset(cfg.dataset, root=cfg.data_dir, seed=cfg.seed, img_size=cfg.img_size)
         return d, dict(train=len(d.train), val=len(d.val), test=len(d.test))
     rng, classes = np.random.default_rng(cfg.seed), [f"class{i}" for i in range(TINY_COUNTS["classes"])]
     def split(n): return Split(rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8), rng.integers(0, len(classes), n), classes)

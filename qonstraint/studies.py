@@ -13,17 +13,18 @@ import pandas as pd
 
 import qonstraint
 from .collate import MIX_MODES
-from .controller import ConfidenceController, phase2_starts
+from .controller import CONTROLLERS, make_controller, phase2_starts
 from .core import QonstraintError, check_choice
 from .model import PRESETS
 from .runfolder import (CONFIG_FILE, LOG_FILE, SUMMARY_FILE, RunLog, log_row, preset_network, write_config,
                                   write_json)
 
 # %% auto 0
-__all__ = ['MAIN', 'OLD_RECIPE', 'HEAD_DEPTHS', 'HEAD_CELLS', 'STUDIES', 'PAPER_COLUMNS', 'FIXTURE_WIDTHS', 'FIXTURE_SIZE',
-           'FIXTURE_CLASSES', 'FIXTURE_SEEDS', 'FIXTURE_EMPTY_CELL', 'FIXTURE_OTHER', 'FIXTURE_LEGACY', 'FIXTURE_SWA',
-           'FIXTURE_SOURCE', 'flatten', 'run_settings', 'Study', 'head_depth', 'study_runs', 'Paper', 'repo_root',
-           'load_paper', 'fixture_grid', 'make_fixture_runs']
+__all__ = ['PAPER_RECIPE', 'MAIN', 'HEADS_MAIN', 'OLD_RECIPE', 'HEAD_DEPTHS', 'HEAD_CELLS', 'BATCH_512', 'BATCH_192', 'EPOCHS_60',
+           'STUDIES', 'DIFFERENCES', 'PAPER_COLUMNS', 'FIXTURE_WIDTHS', 'FIXTURE_SIZE', 'FIXTURE_CLASSES',
+           'FIXTURE_SEEDS', 'FIXTURE_EMPTY_CELL', 'FIXTURE_OTHER', 'FIXTURE_LEGACY', 'FIXTURE_SWA', 'FIXTURE_SOURCE',
+           'flatten', 'run_settings', 'Study', 'resolve_recipe', 'head_depth', 'differences', 'study_runs', 'Paper',
+           'repo_root', 'load_paper', 'fixture_grid', 'make_fixture_runs']
 
 # %% ../nbs/15_studies.ipynb 5
 def flatten(d:dict, prefix:str="") -> dict:
@@ -43,6 +44,7 @@ def run_settings(config:dict) -> dict:
     depths = c.get("network.depths", c.get("model.depths", own))   # what it trained; an older folder: its override or preset
     return dict(preset=c["preset"], head=c["head"], stem=c["stem"], aug=c["aug"],
                 randaugment=bool(c.get("randaugment", True)),        # older folders trained with RandAugment
+                controller="off" if c.get("controller") == "off" else "paper",   # a dict of overrides is the paper's controller
                 mix_modes=tuple(sorted(c["mix_modes"])), depths=depths, own_depths=depths == own)
 
 # %% ../nbs/15_studies.ipynb 9
@@ -64,42 +66,62 @@ class Study:
         s = run_settings(config)
         return next((v for v, need in self.requires.items() if all(_holds(s[k], want) for k, want in need.items())), None)
 
-    def runs(self, seeds=(0,)) -> list[dict]:
-        "TrainConfig fields of the study's runs: each override of each variant, at each seed."
-        return [o | dict(seed=seed) for v in self.variants for o in self.overrides[v] for seed in seeds]
+    def runs(self, seeds=(0,), base:dict|None=None) -> list[dict]:
+        "TrainConfig fields of the study's runs: each override of each variant, at each seed, its recipe resolved against `base`."
+        return [resolve_recipe(o, base or PAPER_RECIPE) | dict(seed=seed) for v in self.variants for o in self.overrides[v] for seed in seeds]
 
 def _holds(value, want) -> bool: return value in want if isinstance(want, frozenset) else value == want
 
+PAPER_RECIPE = dict(epochs=70, batch_size=256, lr=5e-4, min_lr=1e-4, max_lr=6e-4)   # the main runs' (IV.A), TrainConfig's defaults
+
+def resolve_recipe(override:dict,  # a study's run: TrainConfig fields, and `batch_scale` / `epochs_scale` relative to the main runs
+                   base:dict       # the main runs' epochs, batch_size, lr, min_lr and max_lr at this size (and any other field)
+                  ) -> dict:
+    "The run's TrainConfig fields: `base`, then the override; a batch scaled by `batch_scale` takes the LRs × √batch_scale."
+    o, out = dict(override), dict(base)
+    b, e = o.pop("batch_scale", 1), o.pop("epochs_scale", 1)
+    if b != 1: out |= dict(batch_size=max(1, round(base["batch_size"]*b)), **{k: base[k]*math.sqrt(b) for k in ("lr", "min_lr", "max_lr")})
+    if e != 1: out["epochs"] = max(1, round(base["epochs"]*e))
+    return out | o
+
 # %% ../nbs/15_studies.ipynb 11
-MAIN = dict(preset="qonstraint_5_9", head="sota", stem="soft", aug="mid", randaugment=True, mix_modes=MIX_MODES)  # IV.A
+MAIN = dict(preset="qonstraint_5_9", head="sota", stem="soft", aug="mid", randaugment=True, mix_modes=MIX_MODES,
+            controller="paper")                                 # IV.A, the SOTA head; the main study also runs the GAP head
+HEADS_MAIN = ("sota", "gap")                                    # the main study's variants: both heads (IV.A's "second classifier head")
 OLD_RECIPE = dict(randaugment=False, mix_modes=("mixup",))      # Qonstraint 5.5/5.6's augmentation (IV.D.1)
 HEAD_DEPTHS = {"low": (1, 2, 3), "high": (2, 3, 5)}             # QonvViT blocks per stage; "high" is the paper's, "low" our reading
 HEAD_CELLS = (("low", "high"), ("mid", "low"), ("mid", "high"), ("high", "low"), ("high", "high"))  # (aug, depth) of IV.E
 _MAIN = {k: v for k, v in run_settings(MAIN).items() if k != "depths"}  # a main run: MAIN's settings at the preset's own depths
 _SOTA_SOFT = dict(head="sota", stem="soft", own_depths=True)    # what the depth and version studies keep of it
+BATCH_512, BATCH_192, EPOCHS_60 = dict(batch_scale=2), dict(batch_scale=0.75), dict(epochs_scale=60/70)  # IV.B-E, relative to 256 / 70
 
 # %% ../nbs/15_studies.ipynb 13
 _STEMS, _DEPTHS, _OLD = ("soft", "aggressive"), ("lighter", "heavier", "heaviest"), ("qonstraint_5_5", "qonstraint_5_6")
 STUDIES = {s.name: s for s in (
-    Study("main", "IV.A", "preset qonstraint_5_9, head sota, stem soft, aug mid, randaugment true, mix_modes cutmix+mixup "
-          "and the preset's depths",
-          requires={"qonstraint_5_9": _MAIN},
-          overrides={"qonstraint_5_9": (MAIN,)}, repeated=True),
-    Study("stem", "IV.B", "the main runs' settings with stem soft or aggressive",
+    Study("main", "IV.A", "preset qonstraint_5_9, head sota or gap, stem soft, aug mid, randaugment true, mix_modes "
+          "cutmix+mixup, the paper's controller and the preset's depths",
+          requires={h: _MAIN | dict(head=h) for h in HEADS_MAIN},
+          overrides={h: (MAIN | dict(head=h),) for h in HEADS_MAIN}, repeated=True),
+    Study("controller", "ours", "the main SOTA-head runs' settings with controller paper or off",
+          requires={c: _MAIN | dict(controller=c) for c in CONTROLLERS},
+          overrides={c: (MAIN | dict(controller=c),) for c in CONTROLLERS}, repeated=True),
+    Study("stem", "IV.B", "the main SOTA-head runs' settings with stem soft or aggressive",
           requires={s: _MAIN | dict(stem=s) for s in _STEMS},
-          overrides={s: (MAIN | dict(stem=s),) for s in _STEMS}),
-    Study("depth", "IV.C", "preset lighter, heavier or heaviest with head sota, stem soft, aug mid and the preset's depths",
-          requires={p: _SOTA_SOFT | dict(preset=p, aug="mid") for p in _DEPTHS},
-          overrides={p: (MAIN | dict(preset=p),) for p in _DEPTHS}),
+          overrides={"soft": (MAIN,), "aggressive": (MAIN | dict(stem="aggressive") | BATCH_512,)}),
+    Study("depth", "IV.C", "preset lighter, heavier or heaviest with head sota, stem soft, aug mid, the paper's controller "
+          "and the preset's depths",
+          requires={p: _SOTA_SOFT | dict(preset=p, aug="mid", controller="paper") for p in _DEPTHS},
+          overrides={p: (MAIN | dict(preset=p) | (BATCH_192 if p == "heaviest" else BATCH_512),) for p in _DEPTHS}),
     Study("version", "IV.D", "preset qonstraint_5_5 or qonstraint_5_6 with head sota, stem soft and the preset's depths "
-          "(any augmentation), besides the main runs",
+          "(any augmentation and controller), besides the main SOTA-head runs",
           requires={p: _SOTA_SOFT | dict(preset=p) for p in _OLD} | {"qonstraint_5_9": _MAIN},
-          overrides={p: (MAIN | dict(preset=p) | OLD_RECIPE,) for p in _OLD} | {"qonstraint_5_9": (MAIN,)}),
-    Study("head", "IV.E", f"preset qonstraint_5_9, stem soft, head sota or gap, any aug, and model.depths "
-          f"{HEAD_DEPTHS['low']} (low) or {HEAD_DEPTHS['high']} (high)",
-          requires={h: dict(preset="qonstraint_5_9", stem="soft", head=h, depths=frozenset(HEAD_DEPTHS.values())) for h in ("sota", "gap")},
-          overrides={h: tuple(MAIN | dict(head=h, aug=a, model=dict(depths=HEAD_DEPTHS[d])) for a, d in HEAD_CELLS)
-                     for h in ("sota", "gap")}))}
+          overrides={p: (MAIN | dict(preset=p, controller="off") | OLD_RECIPE,) for p in _OLD} | {"qonstraint_5_9": (MAIN,)}),
+    Study("head", "IV.E", f"preset qonstraint_5_9, stem soft, head sota or gap, any aug, the paper's controller, and "
+          f"model.depths {HEAD_DEPTHS['low']} (low) or {HEAD_DEPTHS['high']} (high)",
+          requires={h: dict(preset="qonstraint_5_9", stem="soft", head=h, controller="paper", depths=frozenset(HEAD_DEPTHS.values()))
+                    for h in ("sota", "gap")},
+          overrides={h: tuple(MAIN | dict(head=h, aug=a, model=dict(depths=HEAD_DEPTHS[d])) | (EPOCHS_60 if a == "low" else {})
+                              for a, d in HEAD_CELLS) for h in ("sota", "gap")}))}
 
 # %% ../nbs/15_studies.ipynb 15
 def head_depth(config:dict) -> str|None:
@@ -107,17 +129,41 @@ def head_depth(config:dict) -> str|None:
     depths = run_settings(config)["depths"]
     return next((k for k, d in HEAD_DEPTHS.items() if d == depths), None)
 
-# %% ../nbs/15_studies.ipynb 20
-def study_runs(seeds:dict) -> list[tuple[dict, tuple]]:
-    "(TrainConfig fields, studies it is in) of every run of the studies in `seeds` (study: its seeds), once, in study order."
+# %% ../nbs/15_studies.ipynb 23
+DIFFERENCES = (   # (study, what the paper did or says, what the grid does, why)
+    ("main", "reports one head's numbers ('the second classifier head')", "runs both heads, 3 seeds each",
+     "the sentence is ambiguous; both readings are measured (above)"),
+    ("controller", "has no run without the controller", "adds 5.9 with controller='off', 3 seeds",
+     "the only way to measure what the controller adds"),
+    ("stem, depth", "trains at batch 512 (192 for heaviest) and says nothing of the LR",
+     "the same batches; lr, min_lr and max_lr × √(batch/256)", "the square-root rule of Adam-type optimizers; the paper is silent"),
+    ("version", "5.5/5.6 used 'a cosine annealing LR schedule'",
+     "controller='off': warm-up and one cosine, DropPath and mixing at their phase's base rate",
+     "the paper gives no other schedule constants for 5.5/5.6"),
+    ("head", "gives only the high depths (2, 3, 5)", "low depths (1, 2, 3)", "our reading of 'lower depths'"),
+    ("head", "does not say which seeds or how many runs per cell", "one seed per cell (the main runs have 3)", "the grid's budget"),
+    ("all", "reloads the best weights 'at pre-defined epochs' without listing them", "reloads at 50 %, 75 % and 85 % of the epochs",
+     "where the recipe changes: augmentation phase 2, the late stage, the warm restart"),
+    ("all", "weight decay 1e-4 (III.C.3) and 5e-5 (IV.A)", "5e-5", "IV.A describes the runs whose numbers are reported"),
+)
+
+def differences() -> pd.DataFrame:
+    "`DIFFERENCES` as a table."
+    return pd.DataFrame(DIFFERENCES, columns=["study", "paper", "grid", "why"])
+
+# %% ../nbs/15_studies.ipynb 27
+def study_runs(seeds:dict,           # study: the seeds to train it at
+               base:dict|None=None   # the main runs' recipe at this size (`resolve_recipe`); None: the paper's
+              ) -> list[tuple[dict, tuple]]:
+    "(TrainConfig fields, studies it is in) of every run of the studies in `seeds`, once, in study order."
     runs = {}
     for name, study_seeds in seeds.items():
-        for cfg in STUDIES[check_choice("study", name, STUDIES)].runs(study_seeds):
+        for cfg in STUDIES[check_choice("study", name, STUDIES)].runs(study_seeds, base):
             key = json.dumps(cfg, sort_keys=True)
             runs[key] = (cfg, runs[key][1] + (name,) if key in runs else (name,))
     return list(runs.values())
 
-# %% ../nbs/15_studies.ipynb 23
+# %% ../nbs/15_studies.ipynb 30
 PAPER_COLUMNS = {
     "peak_metrics": "metric mean std unit",
     "epoch_summary": "table epoch lr confidence momentum ema_decay ema_decay_reading train_top1 train_top5 val_top1 val_top5 note",
@@ -152,27 +198,27 @@ def load_paper(path:Path|str|None=None  # folder of the paper's CSVs; None: data
             raise QonstraintError(f"{f} lacks the column(s) {', '.join(missing)}; data/paper/README.md describes the files.")
     return Paper(**frames)
 
-# %% ../nbs/15_studies.ipynb 27
+# %% ../nbs/15_studies.ipynb 34
 FIXTURE_WIDTHS = {"embed_dims": (16, 32, 48, 64), "fusion_dim": 64}  # CPU-sized widths, as a CPU-scaled grid sets for every run
-FIXTURE_SIZE = dict(dataset="fixture", batch_size=256, lr=5e-4, device="cpu")  # fields of every fixture run (the paper's batch and LR)
+FIXTURE_SIZE = dict(dataset="fixture", device="cpu")  # fields of every fixture run, beside the paper's recipe (PAPER_RECIPE)
 FIXTURE_CLASSES = 10                  # classes of the runs' network
-FIXTURE_SEEDS = dict(main=(0, 1, 2), stem=(0, 1), depth=(0,), version=(0,), head=(0,))  # seeds of each study's runs
+FIXTURE_SEEDS = dict(main=(0, 1, 2), controller=(0, 1), stem=(0, 1), depth=(0,), version=(0,), head=(0,))  # seeds of each study's runs
 FIXTURE_EMPTY_CELL = ("high", "high")  # (aug, depth) of the head study left without runs
 FIXTURE_OTHER = ("other-tiny", MAIN | dict(preset="tiny", controller={"reward_clip": 1.0}, seed=0))  # a run no study takes
-FIXTURE_LEGACY = "main-s2"            # written as an older run folder: no randaugment, model or network
+FIXTURE_LEGACY = "main-sota-s2"       # written as an older run folder: no randaugment, controller, model or network
 FIXTURE_SWA = 0.85                    # fraction of the epochs where SWA starts and the best weights are reloaded (TrainConfig's)
 FIXTURE_SOURCE = "synthetic fixture written by qonstraint.studies.make_fixture_runs: no model was trained (not TinyImageNet)"
 
 def _fixture_name(study:str, cfg:dict) -> str:
-    "A fixture run's name, from its first study and variant: 'main', 'stem-aggressive', 'head/gap-mid-low' (in a subfolder)."
+    "A fixture run's name, from its first study and variant: 'main-gap', 'stem-aggressive', 'head/gap-mid-low' (in a subfolder)."
     variant = STUDIES[study].recognise(cfg)
-    if study == "head": return f"head/{variant}-{cfg['aug']}-{head_depth(cfg)}"
-    return "main" if study == "main" else f"{study}-{variant}"
+    return f"head/{variant}-{cfg['aug']}-{head_depth(cfg)}" if study == "head" else f"{study}-{variant}"
 
-def fixture_grid() -> list[tuple[str, dict]]:
+def fixture_grid(epochs:int=12) -> list[tuple[str, dict]]:
     "(name, TrainConfig fields) of every fixture run: the studies' runs at `FIXTURE_SEEDS` but one head cell, and `FIXTURE_OTHER`."
-    return [(_fixture_name(studies[0], cfg), cfg) for cfg, studies in study_runs(FIXTURE_SEEDS)
-            if (cfg["aug"], head_depth(cfg)) != FIXTURE_EMPTY_CELL] + [FIXTURE_OTHER]
+    base = PAPER_RECIPE | dict(epochs=epochs)
+    return [(_fixture_name(studies[0], cfg), cfg) for cfg, studies in study_runs(FIXTURE_SEEDS, base)
+            if (cfg["aug"], head_depth(cfg)) != FIXTURE_EMPTY_CELL] + [(FIXTURE_OTHER[0], base | FIXTURE_OTHER[1])]
 
 def _fixture_curves(epochs:int, rng:np.random.Generator, ceiling:float) -> dict:
     "Per-epoch arrays: a noisy saturating val top-1 curve (%), and made-up losses, accuracies, feature statistics and costs."
@@ -185,10 +231,10 @@ def _fixture_curves(epochs:int, rng:np.random.Generator, ceiling:float) -> dict:
                feat_std=0.1 + 0.1*e/epochs + noise(0.005))
     return dict(train=train, val=val, seconds=seconds, mem=rng.uniform(800, 1600) + 5*e)
 
-# %% ../nbs/15_studies.ipynb 29
-def _fixture_log(run_dir:Path, curves:dict, epochs:int, controller:dict) -> RunLog:
+# %% ../nbs/15_studies.ipynb 36
+def _fixture_log(run_dir:Path, curves:dict, epochs:int, controller:str|dict) -> RunLog:
     "log.csv of a synthetic run, a row per epoch made by `log_row` from the real controller's states."
-    ctrl, log = ConfidenceController(epochs, **controller), RunLog(run_dir/LOG_FILE)
+    ctrl, log = make_controller(controller, epochs, 0.92), RunLog(run_dir/LOG_FILE)
     at = lambda d, i: {k: float(v[i]) for k, v in d.items()}
     for i, epoch in enumerate(range(1, epochs + 1)):
         s, new = ctrl.state, ctrl.update(float(curves["val"]["top1"][i]))
@@ -197,16 +243,17 @@ def _fixture_log(run_dir:Path, curves:dict, epochs:int, controller:dict) -> RunL
                            float(curves["mem"][i]), events, reload=epoch == round(FIXTURE_SWA*epochs)))
     return log
 
-def _fixture_run(run_dir:Path, cfg:dict, epochs:int, rng:np.random.Generator, legacy:bool=False) -> Path:
+def _fixture_run(run_dir:Path, cfg:dict, rng:np.random.Generator, legacy:bool=False) -> Path:
     "One synthetic run folder: config.json as training writes it (or an older one), log.csv and summary.json."
     run_dir.mkdir(parents=True, exist_ok=True)
+    epochs = cfg["epochs"]
     curves, params = _fixture_curves(epochs, rng, ceiling=rng.uniform(45, 60)), int(rng.integers(100_000, 300_000))
-    settings = FIXTURE_SIZE | dict(epochs=epochs) | cfg | dict(model=FIXTURE_WIDTHS | cfg.get("model", {}))
+    settings = FIXTURE_SIZE | cfg | dict(model=FIXTURE_WIDTHS | cfg.get("model", {}))
     network = preset_network(settings["preset"], FIXTURE_CLASSES, settings["head"], settings["stem"], settings["model"])
     config = write_config(run_dir, settings, network, params=params, data=dict(dataset="fixture", is_tinyimagenet=False,
                           num_classes=FIXTURE_CLASSES, source=FIXTURE_SOURCE))
-    if legacy: write_json(run_dir/CONFIG_FILE, {k: v for k, v in config.items() if k not in ("randaugment", "model", "network")})
-    log = _fixture_log(run_dir, curves, epochs, settings.get("controller", {})).frame()
+    if legacy: write_json(run_dir/CONFIG_FILE, {k: v for k, v in config.items() if k not in ("randaugment", "controller", "model", "network")})
+    log = _fixture_log(run_dir, curves, epochs, settings["controller"]).frame()
     best = log.loc[log.val_top1.idxmax()]
     write_json(run_dir/SUMMARY_FILE, dict(status="finished", epochs_done=epochs, dataset="fixture", is_tinyimagenet=False, params=params,
                total_seconds=round(log.epoch_seconds.sum(), 1), peak_val_top1=best.val_top1, peak_val_top5=best.val_top5,
@@ -218,7 +265,7 @@ def make_fixture_runs(path:Path|str,   # folder to write the run folders into
                      ) -> list[Path]:  # the run folders written
     "Write synthetic run folders (dataset 'fixture', nothing trained) of every study's variants, for tests and demos."
     dirs = []
-    for name, cfg in fixture_grid():
+    for name, cfg in fixture_grid(epochs):
         run, rng = f"{name}-s{cfg['seed']}", np.random.default_rng([zlib.crc32(name.encode()), cfg["seed"]])
-        dirs.append(_fixture_run(Path(path)/run, cfg, epochs, rng, legacy=run == FIXTURE_LEGACY))
+        dirs.append(_fixture_run(Path(path)/run, cfg, rng, legacy=run == FIXTURE_LEGACY))
     return dirs

@@ -19,7 +19,7 @@ from tqdm.std import tqdm
 
 from .augment import AUG_LEVELS, train_transform, val_transform
 from .collate import MIX_MODES, MixCollate
-from .controller import ConfidenceController, ControlState, ControllerConfig, phase2_starts
+from .controller import CONTROLLERS, BaseSchedule, ConfidenceController, ControlState, ControllerConfig, make_controller, phase2_starts
 from .core import (AMP_MODES, AmpPolicy, QonstraintError, amp_policy, atomic_write, check_choice, on_kaggle, seed_everything,
                              seed_worker, set_rng_state)
 from .data import DATASETS, DataBundle, load_dataset
@@ -65,8 +65,8 @@ class TrainConfig:
     grad_clip:float = 1.0             # max global gradient norm
     swa_start:float = 0.85            # SWA averages the weights from this fraction of the epochs on
     model:dict = field(default_factory=dict)       # overrides of the preset's `QonstraintConfig` fields, e.g. {"depths": (2, 3, 5)}
-    controller:dict = field(default_factory=dict)  # overrides of `ControllerConfig` fields, e.g. {"momentum_gain": 0.005}
-    reload_at:tuple = (0.85,)         # fractions of the epochs after which the best weights are reloaded
+    controller:str|dict = "paper"     # "paper" | "off" | overrides of the paper's `ControllerConfig` constants, e.g. {"reward_clip": 1.0}
+    reload_at:tuple = (0.5, 0.75, 0.85)  # fractions of the epochs after which the best weights are reloaded (70 epochs: 35, 52, 60)
     collapse_drop:float = 10.0        # reload the best weights when val top-1 falls this many points below the best
     seed:int = 0                      # seeds Python, NumPy, torch, the split, the loaders and the augmentation
     out_dir:str = "runs"              # parent folder of run folders
@@ -93,6 +93,11 @@ def run_dir(self:TrainConfig) -> Path: return Path(self.out_dir)/self.run_name
 def model_config(self:TrainConfig, num_classes:int) -> QonstraintConfig:
     "The network this configuration names: the preset as defined today, with its head, stem and `model` overrides."
     return preset_network(self.preset, num_classes, self.head, self.stem, self.model)
+
+@patch(as_prop=True)
+def img_size(self:TrainConfig) -> int:
+    "The side of the images the network takes, and the data is loaded and augmented at: 64, or `model={'img_size': 32}` for digits."
+    return self.model_config(2).img_size
 
 @patch(cls_method=True)
 def from_dict(cls:TrainConfig, d:dict) -> TrainConfig:
@@ -126,9 +131,12 @@ def check_train_config(c:TrainConfig):
     if c.batch_size % c.devices:
         raise QonstraintError(f"batch_size={c.batch_size} must split evenly over devices={c.devices} (each process takes "
                               f"batch_size/devices images a step). Fix: a batch_size divisible by {c.devices}.")
-    valid = [f.name for f in fields(ControllerConfig) if f.name not in ("epochs", "base_lr", "min_lr", "max_lr", "warmup_epochs")]
-    if bad := sorted(set(c.controller) - set(valid)):
-        raise QonstraintError(f"unknown controller setting(s) {', '.join(bad)}; valid: {', '.join(valid)}")
+    if isinstance(c.controller, str): check_choice("controller", c.controller, CONTROLLERS)
+    elif not isinstance(c.controller, dict): raise QonstraintError(f'controller must be "paper", "off" or a dict of overrides; got {c.controller!r}')
+    else:
+        valid = [f.name for f in fields(ControllerConfig) if f.name not in ("epochs", "base_lr", "min_lr", "max_lr", "warmup_epochs")]
+        if bad := sorted(set(c.controller) - set(valid)):
+            raise QonstraintError(f"unknown controller setting(s) {', '.join(bad)}; valid: {', '.join(valid)}")
     if not c.min_lr <= c.lr <= c.max_lr: raise QonstraintError(f"need min_lr <= lr <= max_lr; got {c.min_lr}, {c.lr}, {c.max_lr}")
     if bad := sorted(set(c.model) - {f.name for f in fields(QonstraintConfig)} | set(c.model) & {"head", "stem", "num_classes"}):
         raise QonstraintError(f"model setting(s) {', '.join(bad)} cannot be overridden here; valid: any QonstraintConfig "
@@ -164,7 +172,7 @@ def over_budget(elapsed_s:float, last_epoch_s:float, max_minutes:float|None) -> 
 def reload_reason(epoch:int, cfg:TrainConfig, val_top1:float, best_top1:float, nonfinite:int) -> str|None:
     "Why the best weights should be reloaded after `epoch`, or None."
     if nonfinite: return f"{nonfinite} non-finite loss step(s)"
-    if best_top1 - val_top1 >= cfg.collapse_drop: return f"val top-1 collapsed to {val_top1:.2f} (best {best_top1:.2f})"
+    if cfg.controller != "off" and best_top1 - val_top1 >= cfg.collapse_drop: return f"val top-1 collapsed to {val_top1:.2f} (best {best_top1:.2f})"
     if epoch in {max(1, round(f*cfg.epochs)) for f in cfg.reload_at} and epoch < cfg.epochs: return "scheduled"
 
 def decide(cfg:TrainConfig, epoch:int, val_top1:float, nonfinite:int,
@@ -236,7 +244,7 @@ class Parts:
     amp:AmpPolicy
     data:DataBundle
     model:Qonstraint
-    ctrl:ConfidenceController
+    ctrl:ConfidenceController|BaseSchedule
     trainer:Trainer
     compiled:bool
     swa:AveragedModel|None = None    # the SWA average, from `swa_start` of the run on
@@ -251,7 +259,7 @@ class Parts:
     def val_loader(self) -> DataLoader: return eval_loader(self, self.data.val)   # made once, used every epoch
 
 # %% ../nbs/14_train.ipynb 27
-def make_trainer(cfg:TrainConfig, model:Qonstraint, ctrl:ConfidenceController, env:DistEnv, device, amp, n_train:int) -> tuple[Trainer, bool]:
+def make_trainer(cfg:TrainConfig, model:Qonstraint, ctrl:ConfidenceController|BaseSchedule, env:DistEnv, device, amp, n_train:int) -> tuple[Trainer, bool]:
     "The run's `Trainer` (its forward DDP-wrapped and compiled as `cfg` asks), and whether it compiled."
     steps = cfg.warmup_epochs*math.ceil(n_train//env.world/(cfg.batch_size//env.world))
     t = build_trainer(model, device, amp, cfg.lr, cfg.betas, cfg.weight_decay, cfg.grad_clip, steps, ctrl.state.ema_decay)
@@ -267,7 +275,7 @@ def build_run(cfg:TrainConfig,
     amp = amp_policy(device, cfg.amp)
     seed_everything(cfg.seed)
     if cfg.init_from is not None and not cfg.resume: check_init_from(cfg)     # a resumed run has its own weights
-    data = data or load_dataset(cfg.dataset, root=cfg.data_dir, seed=cfg.seed, download=cfg.download)
+    data = data or load_dataset(cfg.dataset, root=cfg.data_dir, seed=cfg.seed, download=cfg.download, img_size=cfg.img_size)
     asked = cfg.data_on_device
     if asked == "auto" and cfg.resume and (cfg.run_dir/CONFIG_FILE).is_file():   # a resumed run keeps the path it took
         asked = read_json(cfg.run_dir/CONFIG_FILE)["data_on_device"]
@@ -277,8 +285,8 @@ def build_run(cfg:TrainConfig,
     if env.main and (advice := memory_advice(model.cfg, cfg.batch_size//cfg.devices, device, amp, cfg.checkpoint_stages)):
         warnings.warn(advice, stacklevel=2)
     if env.world > 1: seed_everything(cfg.seed + 1_000_003*env.rank)         # each process draws its own augmentations
-    ctrl = ConfidenceController(cfg.epochs, base_lr=cfg.lr, min_lr=cfg.min_lr, max_lr=cfg.max_lr,
-                                warmup_epochs=max(1, cfg.warmup_epochs), **cfg.controller)
+    ctrl = make_controller(cfg.controller, cfg.epochs, cfg.betas[0], base_lr=cfg.lr, min_lr=cfg.min_lr, max_lr=cfg.max_lr,
+                           warmup_epochs=max(1, cfg.warmup_epochs))
     trainer, compiled = make_trainer(cfg, model, ctrl, env, device, amp, len(data.train))
     return Parts(cfg, env, device, amp, data, model, ctrl, trainer, compiled)
 
@@ -286,21 +294,21 @@ def build_run(cfg:TrainConfig,
 def eval_loader(p:Parts, split, shard:bool=True) -> DataLoader:
     "Evaluation batches of `split`: this process's share of it under DDP (`shard`), else all of it."
     env = p.env if shard else DistEnv()
-    return make_loader(split, val_transform(p.data.mean, p.data.std), -(-p.cfg.eval_batch_size//env.world),
+    return make_loader(split, val_transform(p.data.mean, p.data.std, p.model.cfg.img_size), -(-p.cfg.eval_batch_size//env.world),
                        torch.arange(env.rank, len(split), env.world), 0, p.cfg.num_workers, p.device)
 
 def train_batches(p:Parts, epoch:int, s:ControlState) -> tuple:
     "The epoch's training batches of (images, soft targets), augmented and mixed as `s` says; and how many there are."
-    cfg, d, env = p.cfg, p.data, p.env
+    cfg, d, env, size = p.cfg, p.data, p.env, p.model.cfg.img_size
     seed, batch_size = cfg.seed*100_003 + epoch, cfg.batch_size//env.world
     order, mix = epoch_order(len(d.train), seed, env), dict(p=s.mix_prob, modes=cfg.mix_modes)
     steps = -(-len(order)//batch_size)
     if cfg.data_on_device:
         if p.train_on_device is None:    # copied once
             p.train_on_device = tuple(torch.from_numpy(a).to(p.device) for a in (d.train.images, d.train.labels))
-        return device_batches(*p.train_on_device, order, batch_size, DeviceAugment(cfg.aug, s.aug_phase, d.mean, d.std, cfg.randaugment),
+        return device_batches(*p.train_on_device, order, batch_size, DeviceAugment(cfg.aug, s.aug_phase, d.mean, d.std, cfg.randaugment, size),
                               DeviceMix(d.num_classes, **mix)), steps
-    tfm = train_transform(cfg.aug, s.aug_phase, d.mean, d.std, cfg.randaugment)
+    tfm = train_transform(cfg.aug, s.aug_phase, d.mean, d.std, cfg.randaugment, size)
     return make_loader(d.train, tfm, batch_size, order, seed + 1_000_003*env.rank, cfg.num_workers, p.device, MixCollate(d.num_classes, **mix)), steps
 
 def progress(batches, steps:int, epoch:int, p:Parts):
