@@ -54,7 +54,10 @@ class QonvViT(nn.Module):
         "The outputs of the first `n` stages (all by default); recomputed in backward under `set_grad_checkpointing`."
         feats, recompute = [], self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for stage in self.stages[:n]:   # B, 128, 32, 32 -> B, 256, 16, 16 -> B, 512, 8, 8 -> B, 1024, 4, 4
-            x = checkpoint(stage, x, use_reentrant=False) if recompute else stage(x)
+            if not recompute: x = stage(x)
+            elif stage[-1].keep_stats:      # the block keeping the feature statistics runs outside: checkpoint cannot replay a side effect
+                x = stage[-1](checkpoint(stage[:-1], x, use_reentrant=False))
+            else: x = checkpoint(stage, x, use_reentrant=False)
             feats.append(x)
         return feats
 

@@ -113,15 +113,17 @@ def add_grid_args(p:argparse.ArgumentParser):
     p.add_argument("--size", default=d["size"], choices=list(SIZES), help=f"paper: the paper's setup; cpu: digits at CPU size (default: {d['size']})")
     p.add_argument("--studies", nargs="+", default=list(d["studies"]), metavar="STUDY", help=f"the studies to run (default: {' '.join(d['studies'])})")
     p.add_argument("--seeds", nargs="+", type=int, default=list(d["seeds"]), metavar="SEED",
-                   help=f"the main study's seeds (default: {' '.join(map(str, d['seeds']))})")
+                   help=f"the main and controller studies' seeds (default: {' '.join(map(str, d['seeds']))})")
+    p.add_argument("--ablation-seeds", nargs="+", type=int, metavar="SEED", help="the other studies' seeds (default: the first of --seeds)")
     p.add_argument("--out", default="runs", help="parent folder of the run folders (default: runs)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (train, resume or skip each run) and train nothing")
     p.add_argument("--max-minutes", type=float, metavar="M", help="time budget of the whole grid, in minutes (default: none)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="runs trained at the same time (default: 1)")
 
 def grid_command(args:argparse.Namespace) -> int:
     "Run `qonstraint grid`: print the plan, or carry it out and print the state of each run after."
-    grid = paper_grid(args.size, studies=tuple(args.studies), seeds=tuple(args.seeds))
-    plan = run_grid(grid, args.out, dry_run=args.dry_run, max_minutes=args.max_minutes)
+    grid = paper_grid(args.size, studies=tuple(args.studies), seeds=tuple(args.seeds), ablation_seeds=args.ablation_seeds)
+    plan = run_grid(grid, args.out, dry_run=args.dry_run, max_minutes=args.max_minutes, workers=args.workers)
     counts = ", ".join(f"{n} {action}" for action, n in plan.action.value_counts().items())
     print(f"{len(plan)} runs ({counts})" + (": the plan; nothing was trained" if args.dry_run else ""))
     print(plan.to_string(index=False))

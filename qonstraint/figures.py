@@ -5,6 +5,7 @@
 # %% ../nbs/17_figures.ipynb 2
 from __future__ import annotations
 import functools, math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,18 +15,23 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from .augment import AUG_LEVELS
-from .controller import ControllerConfig
+from . import studies
+from .controller import ControllerConfig, confidence, reward_of
 from .core import QonstraintError, atomic_write, check_choice
 from .model import PRESETS
 from .runfolder import ADD_RUNS, LOG_FILES, Run, find_run_dirs, read_run
-from .studies import HEAD_DEPTHS, STUDIES, Paper, flatten, head_depth, load_paper
+from .studies import HEAD_CELLS, HEAD_DEPTHS, STUDIES, Paper, flatten, head_depth, repo_root
 
 # %% auto 0
-__all__ = ['PAPER_LABEL', 'PAPER_EPOCHS', 'PAPER_LINE_LABEL', 'EVENT_MARKERS', 'PALETTE', 'CURVES', 'fig_momentum',
-           'fig_accuracy', 'fig_loss', 'fig_features', 'SUMMARY_COLUMNS', 'DPI', 'FIGURES', 'TABLES', 'run_rows',
-           'load_runs', 'select_runs', 'data_label', 'fig_lr', 'fig_confidence', 'fig_curves', 'fig_stem', 'fig_depth',
-           'fig_version', 'fig_heads', 'peak_metrics', 'table_peak', 'match_epoch', 'table_epoch_summary',
-           'table_comparison', 'save_figure', 'to_markdown', 'save_table', 'write_outputs', 'Paper', 'load_paper']
+__all__ = ['PAPER_LABEL', 'PAPER_EPOCHS', 'PAPER_HEAD_LOW_EPOCHS', 'RUN_TEXT_COLUMNS', 'PAPER_LINE_LABEL', 'PAPER_RANGE_LABEL',
+           'FLAG_LABEL', 'EVENT_MARKERS', 'PALETTE', 'X_AXES', 'HEAD_LINES', 'CURVES', 'fig_momentum', 'fig_accuracy',
+           'fig_loss', 'fig_features', 'CONTROLLER_LABELS', 'ABLATION_PANELS', 'HEAD_PANELS', 'PEAK_STUDIES',
+           'PEAK_SOURCE', 'SUMMARY_COLUMNS', 'CLAIM_METRICS', 'VERDICTS', 'CLAIMS', 'DPI', 'FIGURES', 'TABLES',
+           'AT_PAPER_EPOCHS', 'run_rows', 'load_runs', 'select_runs', 'paper_run_epochs', 'load_run_text', 'load_paper',
+           'paper_text', 'data_label', 'with_x', 'paper_x', 'fig_lr', 'fig_confidence', 'fig_curves', 'fig_controller',
+           'fig_stem', 'fig_depth', 'fig_version', 'fig_heads', 'peak_metrics', 'table_peak', 'match_epoch',
+           'table_epoch_summary', 'table_comparison', 'Claim', 'judge', 'table_claims', 'save_figure', 'to_markdown',
+           'save_table', 'paper_axes', 'write_outputs', 'Paper']
 
 # %% ../nbs/17_figures.ipynb 6
 def run_rows(run:Run,          # a run folder's record, from `qonstraint.runfolder.read_run`
@@ -47,7 +53,7 @@ def load_runs(path:Path|str) -> pd.DataFrame:
 
 # %% ../nbs/17_figures.ipynb 13
 def select_runs(df:pd.DataFrame,  # `load_runs` output
-                ablation:str      # a study: "main" | "stem" | "depth" | "version" | "head"
+                ablation:str      # a study: "main" | "controller" | "stem" | "depth" | "version" | "head"
                ) -> pd.DataFrame: # the selected runs' rows, with `variant` (and `depth` for "head")
     "The rows of the runs that make up `ablation`, labelled with their variant."
     study = STUDIES[check_choice("ablation", ablation, STUDIES)]
@@ -61,10 +67,42 @@ def select_runs(df:pd.DataFrame,  # `load_runs` output
 # %% ../nbs/17_figures.ipynb 17
 PAPER_LABEL = "paper (TinyImageNet)"   # legend label of every paper number drawn
 PAPER_EPOCHS = 70                      # epochs of the paper's main runs (IV.A)
-_all_ = ["Paper", "load_paper"]        # the paper's numbers, from `qonstraint.studies`
+PAPER_HEAD_LOW_EPOCHS = 60             # epochs of the paper's LOW-augmentation head runs (IV.E.1)
+RUN_TEXT_COLUMNS = "section metric relation value unit epoch quote flag"   # main_run_text.csv
+_all_ = ["Paper"]                      # the paper's numbers, from `qonstraint.studies`
+
+def paper_run_epochs(ablation:str="main", aug:str|None=None) -> int:
+    "How many epochs the paper's runs of `ablation` (at augmentation `aug`) trained: 60 for the head study's LOW cells, else 70."
+    return PAPER_HEAD_LOW_EPOCHS if ablation == "head" and aug == "low" else PAPER_EPOCHS
+
+def _paper_dir(path) -> Path: return Path(path) if path is not None else repo_root(Path(studies.__file__).parent)/"data"/"paper"
+
+def load_run_text(path:Path|str|None=None  # folder of the paper's CSVs; None: data/paper of the qonstraint checkout
+                 ) -> pd.DataFrame:
+    "main_run_text.csv: the numbers of IV.A.1–2's prose, checked; `flag` is '' where the paper's tables agree."
+    f = _paper_dir(path)/"main_run_text.csv"
+    if not f.is_file(): raise QonstraintError(f"{f} is missing: the paper's prose numbers of IV.A (data/paper/ in git).")
+    text = pd.read_csv(f)
+    if missing := [c for c in RUN_TEXT_COLUMNS.split() if c not in text.columns]:
+        raise QonstraintError(f"{f} lacks the column(s) {', '.join(missing)}; data/paper/README.md describes the file.")
+    return text.assign(flag=text.flag.fillna(""))
+
+def load_paper(path:Path|str|None=None  # folder of the paper's CSVs; None: data/paper of the qonstraint checkout
+              ) -> Paper:
+    "`qonstraint.studies.load_paper`, with main_run_text.csv added as `main_run_text`."
+    paper = studies.load_paper(path)
+    paper.main_run_text = load_run_text(path)
+    return paper
+
+def paper_text(paper:Paper) -> pd.DataFrame:
+    "The prose numbers of IV.A that `paper` carries (`load_paper`), else those of data/paper/."
+    text = getattr(paper, "main_run_text", None)
+    return text if text is not None else load_run_text()
 
 # %% ../nbs/17_figures.ipynb 21
 PAPER_LINE_LABEL = "paper, no epoch given (TinyImageNet)"
+PAPER_RANGE_LABEL = "paper text, a range (TinyImageNet)"
+FLAG_LABEL = "paper text, flagged: contradicts the paper's own table"
 EVENT_MARKERS = {"boost": ("^", "tab:green"), "plateau_reset": ("s", "tab:orange"),   # controller event: marker, colour
                  "restart": ("o", "tab:purple"), "reload": ("v", "tab:red")}
 PALETTE = sns.color_palette("colorblind")
@@ -92,29 +130,63 @@ def _figure(title:str, runs:pd.DataFrame, nrows:int=1, ncols:int=1, size=(6, 3.6
     fig.suptitle(f"{title} — {data_label(runs)}" + (f"\n{note}" if note else ""))
     return fig, fig.subplots(nrows, ncols, squeeze=False)
 
+def _color(ablation:str, variant:str): return PALETTE[STUDIES[ablation].variants.index(variant)]
+
+def _variants(sel:pd.DataFrame, ablation:str) -> tuple[list, str]:
+    "The variants of `ablation` that `sel` has runs of, in the study's order, and a note naming those it has none of."
+    have = [v for v in STUDIES[ablation].variants if v in set(sel.variant)]
+    missing = [v for v in STUDIES[ablation].variants if v not in have]
+    return have, f"no runs yet for: {', '.join(missing)}" if missing else ""
+
 # %% ../nbs/17_figures.ipynb 23
-def _band(ax, runs:pd.DataFrame, y:str, label:str, color, count:bool=True):
-    "Mean of `y` over `runs` per epoch, with a ± std band where there are several runs."
-    g, n = runs.groupby("epoch")[y], runs.run.nunique()
+X_AXES = {"epoch": "epoch", "progress": "training progress (epoch / the run's epochs)"}   # x: axis label
+
+def with_x(runs:pd.DataFrame, x:str="epoch") -> pd.DataFrame:
+    "`runs` with the column `x`: 'epoch' as logged, or 'progress' = epoch / the run's configured `epochs`."
+    if check_choice("x", x, X_AXES) == "progress": return runs.assign(progress=runs.epoch/runs.epochs)
+    return runs
+
+def paper_x(epochs, x:str="epoch", run_epochs:int=PAPER_EPOCHS) -> np.ndarray:
+    "The paper's `epochs` on the axis `x`: as they are, or divided by the length of the paper's run."
+    e = np.asarray(epochs, dtype=float)
+    return e if check_choice("x", x, X_AXES) == "epoch" else e/run_epochs
+
+# %% ../nbs/17_figures.ipynb 26
+def _band(ax, runs:pd.DataFrame, y:str, label:str, color, count:bool=True, x:str="epoch", ls:str="-"):
+    "Mean of `y` over `runs` per `x`, with a ± std band where there are several runs."
+    if runs.empty: return
+    g, n = runs.groupby(x)[y], runs.run.nunique()
     m, s = g.mean(), g.std()
-    ax.plot(m.index, m.to_numpy(), color=color, label=f"{label} ({n} run{'s'*(n > 1)})" if count else label)
+    ax.plot(m.index, m.to_numpy(), color=color, ls=ls, label=f"{label} ({n} run{'s'*(n > 1)})" if count else label)
     if n > 1: ax.fill_between(m.index, (m - s).to_numpy(), (m + s).to_numpy(), color=color, alpha=0.2, lw=0)
 
-def _paper_points(ax, epochs, values, color, label:str=PAPER_LABEL):
-    "The paper's values at its epochs, as diamonds."
-    ax.plot(epochs, values, "D", ls="none", mfc=color, mec="0.2", ms=5, label=label)
+def _paper_points(ax, xs, values, color, label:str=PAPER_LABEL, gid:str|None=None):
+    "The paper's values at its epochs (already on the axis' x), as diamonds."
+    (line,) = ax.plot(xs, values, "D", ls="none", mfc=color, mec="0.2", ms=5, label=label)
+    line.set_gid(gid)
+    return line
 
-def _paper_marks(ax, rows:pd.DataFrame, color):
-    "Ablation numbers of the paper: a diamond at the epoch it names, else a dotted line; bounds carry their relation."
-    for r in rows.itertuples():
-        if pd.isna(r.epoch): ax.axhline(r.value, color=color, ls=":", lw=1.3, label=PAPER_LINE_LABEL)
-        else: _paper_points(ax, [r.epoch], [r.value], color)
+def _gid(source:str, rows) -> str: return f"{source}:{','.join(map(str, rows))}"
+
+def _paper_marks(ax, rows:pd.DataFrame, color, x:str="epoch", run_epochs:int=PAPER_EPOCHS, source:str="ablations"):
+    "Numbers of the paper: a diamond at the epoch it names, else a dotted line; bounds carry their relation."
+    for i, r in rows.iterrows():
+        if pd.isna(r.epoch): ax.axhline(r.value, color=color, ls=":", lw=1.3, label=PAPER_LINE_LABEL, gid=_gid(source, [i]))
+        else: _paper_points(ax, paper_x([r.epoch], x, run_epochs), [r.value], color, gid=_gid(source, [i]))
         if r.relation != "=":
-            at, coords = ((0.01, r.value), ("axes fraction", "data")) if pd.isna(r.epoch) else ((r.epoch, r.value), "data")
+            at, coords = ((0.01, r.value), ("axes fraction", "data")) if pd.isna(r.epoch) else ((float(paper_x(r.epoch, x, run_epochs)), r.value), "data")
             ax.annotate(f"{r.relation}{r.value:g}", at, xycoords=coords, xytext=(3, 3), textcoords="offset points", fontsize=7, color="0.2")
 
+def _paper_notes(ax, rows:pd.DataFrame, source:str="ablations"):
+    "Numbers of the paper no panel plots (e.g. GPU utilisation), as the title of `ax`."
+    if rows.empty: return
+    lines = [f"paper: {r.variant} {r.metric.replace('_', ' ')} {'' if r.relation == '=' else r.relation}{r.value:g} {r.unit}"
+             + ("" if pd.isna(r.batch_size) else f" (batch {r.batch_size:g})") for r in rows.itertuples()]
+    ax.set_title("\n".join(lines), fontsize=7, color="0.2", loc="left").set_gid(_gid(source, rows.index))
+
 _PROXIES = {PAPER_LABEL: Line2D([], [], marker="D", ls="none", mfc="0.7", mec="0.2", ms=5),
-            PAPER_LINE_LABEL: Line2D([], [], ls=":", lw=1.3, color="0.4")}
+            PAPER_LINE_LABEL: Line2D([], [], ls=":", lw=1.3, color="0.4"),
+            PAPER_RANGE_LABEL: Line2D([], [], lw=6, alpha=0.3, color="0.5")}
 
 def _handles(axes) -> tuple[list, list]:
     "The legend entries of `axes`, each label once; the paper's marks get a neutral grey handle."
@@ -123,98 +195,174 @@ def _handles(axes) -> tuple[list, list]:
         for h, l in zip(*ax.get_legend_handles_labels()): seen.setdefault(l, _PROXIES.get(l, h))
     return list(seen.values()), list(seen)
 
-def _legend(ax, **kwargs): ax.legend(*_handles([ax]), fontsize=7, **kwargs)
+def _legend(ax, **kwargs):
+    if ax.get_legend_handles_labels()[1]: ax.legend(*_handles([ax]), fontsize=7, **kwargs)
 
 def _selected(runs:pd.DataFrame, ablation:str) -> pd.DataFrame:
     "`select_runs`, or a QonstraintError naming the runs that are missing."
     sel = select_runs(runs, ablation)
     if sel.empty:
-        what = "main runs" if ablation == "main" else f"{ablation} ablation"
+        what = "main runs" if ablation == "main" else f"{ablation} ablation" if ablation != "controller" else "controller study"
         raise QonstraintError(f"no runs for the {what}: it needs run folders whose config.json has {STUDIES[ablation].description}. {ADD_RUNS}")
     return sel
 
-# %% ../nbs/17_figures.ipynb 26
+# %% ../nbs/17_figures.ipynb 29
+HEAD_LINES = {"sota": "-", "gap": "--"}   # main-study head: line style
+
+def _shade(i:int, head:str):
+    "The colour of curve `i` for `head`: the palette's for the SOTA head, lighter for the GAP head."
+    c = PALETTE[i % len(PALETTE)]
+    return c if head == "sota" else tuple(0.55*v + 0.45 for v in c)
+
 def _main_figure(runs:pd.DataFrame, paper:Paper, title:str,
                  panels:dict,    # y label: [(log column, curve label, epoch_summary column or None), ...]
-                 mark=None       # mark(axes, main runs): draws more on the panels
+                 mark=None,      # mark(axes, main runs, paper, x, colours {log column: colour}): draws more on the panels
+                 x:str="epoch",  # "epoch" | "progress"
+                 extra:int=0     # panels after `panels`, for `mark` to draw
                 ) -> Figure:
-    "A figure of the main runs, a panel per entry of `panels`, with the paper's epoch-table values where given; a legend on every panel."
-    main = _selected(runs, "main")
-    fig, axes = _figure(title, main, 1, len(panels))
+    "A figure of the main runs, a band per head and a panel per entry of `panels`, with the paper's epoch-table values where given."
+    main = with_x(_selected(runs, "main"), x)
+    heads, note = _variants(main, "main")
+    fig, axes = _figure(title, main, 1, len(panels) + extra, note=note)
+    colors = {}
     for ax, (ylabel, curves) in zip(axes.flat, panels.items()):
-        for (col, label, paper_col), color in zip(curves, PALETTE):
-            _band(ax, main, col, label, color)
+        for i, (col, label, paper_col) in enumerate(curves):
+            colors[col] = _shade(i, "sota")
+            for h in heads: _band(ax, main[main.variant == h], col, f"{label}, {h} head", _shade(i, h), x=x, ls=HEAD_LINES[h])
             if paper_col:
-                _paper_points(ax, paper.epoch_summary.epoch, paper.epoch_summary[paper_col], color,
-                              PAPER_LABEL if len(curves) == 1 else f"paper {label} (TinyImageNet)")
-        ax.set(xlabel="epoch", ylabel=ylabel)
-    if mark: mark(axes, main)
-    for ax in axes.flat: _legend(ax)
+                _paper_points(ax, paper_x(paper.epoch_summary.epoch, x), paper.epoch_summary[paper_col], colors[col],
+                              PAPER_LABEL if len(curves) == 1 else f"paper {label} (TinyImageNet)",
+                              gid=_gid("epoch_summary", paper.epoch_summary.index))
+        ax.set(xlabel=X_AXES[x], ylabel=ylabel)
+    if mark: mark(axes, main, paper, x, colors)
+    for ax in axes.flat: _legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncols=2)   # under the panel: the curves stay clear
     return fig
 
-# %% ../nbs/17_figures.ipynb 28
-def _events(axes, main:pd.DataFrame):
+# %% ../nbs/17_figures.ipynb 31
+def _events(axes, main:pd.DataFrame, paper:Paper, x:str, colors:dict):
     "Mark each controller event on the LR curve, at the epoch whose result caused it."
     for ev, (marker, color) in EVENT_MARKERS.items():
         hit = main[main.event.map(lambda e: ev in e.split(";"))]
-        if len(hit): axes[0, 0].plot(hit.epoch, hit.lr, marker, color=color, ls="none", ms=6, label=f"{ev} ({len(hit)}×)")
+        if len(hit): axes[0, 0].plot(hit[x], hit.lr, marker, color=color, ls="none", ms=6, label=f"{ev} ({len(hit)}×)")
 
 @_styled
-def fig_lr(runs:pd.DataFrame, paper:Paper|None=None) -> Figure:
-    "Learning rate per epoch of the main runs, the controller's events marked; the paper's LR at its table's epochs."
-    return _main_figure(runs, paper or load_paper(), "Learning rate per epoch (IV.A.1)", {"learning rate": [("lr", "LR", "lr")]}, _events)
+def fig_lr(runs:pd.DataFrame, paper:Paper|None=None, x:str="epoch") -> Figure:
+    "Learning rate per epoch of the main runs (each head), the controller's events marked; the paper's LR at its table's epochs."
+    return _main_figure(runs, paper or load_paper(), "Learning rate per epoch (IV.A.1)", {"learning rate": [("lr", "LR", "lr")]}, _events, x)
 
-def _clamps(axes, main:pd.DataFrame):
-    "The reward clamp (±`reward_clip`, the runs' own setting) on the reward panel."
+def _clips(main:pd.DataFrame) -> list[float]:
+    "The reward clamps of the runs (their `controller.reward_clip`, else the paper's)."
     clips = main["controller.reward_clip"] if "controller.reward_clip" in main else pd.Series(np.nan, index=main.index)
-    for clip in sorted(set(clips.fillna(ControllerConfig.reward_clip))):
-        for sign in (1, -1): axes[0, 1].axhline(sign*clip, color="0.5", ls="--", lw=1, label=f"clamp ±{clip:g}")
+    return sorted(set(clips.fillna(ControllerConfig.reward_clip)))
+
+def _confidence_marks(axes, main:pd.DataFrame, paper:Paper, x:str, colors:dict):
+    "The clamp on the reward panel; confidence against the clamped reward on the third, with the sigmoid and the paper's points."
+    for clip in _clips(main):
+        for sign in (1, -1):
+            axes[0, 1].axhline(sign*clip, color="0.5", ls="--", lw=1, label=f"clamp ±{clip:g}")
+            axes[0, 2].axvline(sign*clip, color="0.5", ls="--", lw=1, label=f"clamp ±{clip:g}")
+    ax = axes[0, 2]
+    for h in STUDIES["main"].variants:
+        if (r := main[main.variant == h]).empty: continue
+        ax.scatter(r.reward, r.confidence, s=16, color=_shade(0, h), alpha=0.9, lw=0.3, edgecolor="white", zorder=4,
+                   label=f"{h} head, a dot per epoch ({r.run.nunique()} runs)")
+    reach = max(_clips(main) + [ControllerConfig.reward_clip])
+    rs = np.linspace(-reach, reach, 201)
+    ax.plot(rs, [confidence(v) for v in rs], color="0.25", lw=1.2, label="confidence(r) = 1/(1 + exp(−r/2))")
+    es = paper.epoch_summary
+    rewards = [reward_of(c) for c in es.confidence]
+    _paper_points(ax, rewards, es.confidence, colors["confidence"], "paper (TinyImageNet): its confidence at reward_of(confidence)",
+                  gid=_gid("epoch_summary", es.index))
+    for e, r, c in zip(es.epoch, rewards, es.confidence):
+        ax.annotate(f"{e}", (r, c), xytext=(3, -8), textcoords="offset points", fontsize=6, color="0.3")
+    ax.set(xlabel="reward (Δ val top-1, points, clamped)", ylabel="confidence", title="confidence against the clamped reward")
 
 @_styled
-def fig_confidence(runs:pd.DataFrame, paper:Paper|None=None) -> Figure:
-    "Confidence and the clamped reward per epoch of the main runs; the paper's confidence at its table's epochs."
+def fig_confidence(runs:pd.DataFrame, paper:Paper|None=None, x:str="epoch") -> Figure:
+    "Confidence and clamped reward per epoch of the main runs, and confidence against the reward; the paper's confidences."
     return _main_figure(runs, paper or load_paper(), "Confidence and reward (IV.A.1)",
                         {"confidence": [("confidence", "confidence", "confidence")],
-                         "reward (Δ val top-1, points, clamped)": [("reward", "reward", None)]}, _clamps)
+                         "reward (Δ val top-1, points, clamped)": [("reward", "reward", None)]}, _confidence_marks, x, extra=1)
 
-# %% ../nbs/17_figures.ipynb 30
-CURVES = {   # the main-run figures that draw curves only: name -> (title, panels as `_main_figure` takes them)
+# %% ../nbs/17_figures.ipynb 33
+def _text_marks(ax, rows:pd.DataFrame, colors:dict, x:str):
+    "main_run_text.csv rows on one panel: ranges as bands, flagged rows as a red cross with a note, epoch bounds as vertical lines."
+    done = set()
+    for (quote, metric), g in rows.groupby(["quote", "metric"], sort=False):   # a range: a '>' and a '<' row of one quote
+        if metric in colors and set(g.relation) == {">", "<"}:
+            ax.axhspan(g.value.min(), g.value.max(), color=colors[metric], alpha=0.15, lw=0, label=PAPER_RANGE_LABEL, gid=_gid("main_run_text", g.index))
+            done |= set(g.index)
+    for i, r in rows.drop(index=list(done)).iterrows():
+        if r.metric == "peak_epoch":
+            ax.axvline(float(paper_x(r.value, x)), color="0.35", ls="-.", lw=1, gid=_gid("main_run_text", [i]),
+                       label=f"paper: val peak {r.relation} epoch {r.value:g} (TinyImageNet)")
+        elif r.flag:
+            at = (float(paper_x(r.epoch, x)), r.value)
+            ax.plot([at[0]], [at[1]], "X", color="tab:red", mec="0.1", ms=8, ls="none", label=FLAG_LABEL, gid=_gid("main_run_text", [i]))
+            ax.annotate(f"{r.relation}{r.value:g} at epoch {r.epoch:g}: flagged,\nits table has it crossed by epoch 20",
+                        at, xytext=(6, -18), textcoords="offset points", fontsize=7, color="tab:red")
+        else: _paper_marks(ax, rows.loc[[i]], colors[r.metric], x, source="main_run_text")
+
+def _run_text(axes, main:pd.DataFrame, paper:Paper, x:str, colors:dict):
+    "The prose numbers of IV.A.1–2 on fig_accuracy's top-1 and top-5 panels."
+    text = paper_text(paper)
+    for ax, k in zip(axes.flat, (1, 5)):
+        _text_marks(ax, text[text.metric.isin([f"train_top{k}", f"val_top{k}", "peak_epoch"])], colors, x)
+
+CURVES = {   # the main-run figures that draw curves only: name -> (title, panels as `_main_figure` takes them, mark)
     "fig_momentum": ("Momentum and EMA decay (IV.A.1)", {"momentum (AdamW β1)": [("momentum", "momentum", "momentum")],
-                                                         "EMA decay": [("ema_decay", "EMA decay", "ema_decay_reading")]}),
+                                                         "EMA decay": [("ema_decay", "EMA decay", "ema_decay_reading")]}, None),
     "fig_accuracy": ("Accuracy (IV.A.2)", {f"top-{k} accuracy (%)": [(f"train_top{k}", "train", f"train_top{k}"),
-                                                                    (f"val_top{k}", "val", f"val_top{k}")] for k in (1, 5)}),
-    "fig_loss": ("Loss (IV.A.3)", {"loss": [("train_loss", "train", None), ("val_loss", "val", None)]}),
+                                                                    (f"val_top{k}", "val", f"val_top{k}")] for k in (1, 5)}, _run_text),
+    "fig_loss": ("Loss (IV.A.3)", {"loss": [("train_loss", "train", None), ("val_loss", "val", None)]}, None),
     "fig_features": ("Feature mean and std (IV.A.3; mean ≈ 0 by the clamp's re-centring)",
-                     {"feature mean (after the clamp)": [("feat_mean", "feat_mean", None)], "feature std": [("feat_std", "feat_std", None)]})}
+                     {"feature mean (before the last clamp)": [("feat_mean", "feat_mean", None)], "feature std": [("feat_std", "feat_std", None)]}, None)}
 
 @_styled
 def fig_curves(name:str,               # a key of `CURVES`
-               runs:pd.DataFrame, paper:Paper|None=None) -> Figure:
-    "The main runs' figure `name` of `CURVES`: its panels of curves per epoch, with the paper's epoch-table values where it gives them."
-    return _main_figure(runs, paper or load_paper(), *CURVES[check_choice("figure", name, CURVES)])
+               runs:pd.DataFrame, paper:Paper|None=None, x:str="epoch") -> Figure:
+    "The main runs' figure `name` of `CURVES`: its panels of curves per epoch (a band per head), with the paper's numbers where it gives them."
+    title, panels, mark = CURVES[check_choice("figure", name, CURVES)]
+    return _main_figure(runs, paper or load_paper(), title, panels, mark, x)
 
 fig_momentum, fig_accuracy, fig_loss, fig_features = (functools.partial(fig_curves, name) for name in CURVES)
 
-# %% ../nbs/17_figures.ipynb 45
-def _color(ablation:str, variant:str): return PALETTE[STUDIES[ablation].variants.index(variant)]
+# %% ../nbs/17_figures.ipynb 48
+CONTROLLER_LABELS = {"paper": "controller on (paper)", "off": "controller off (base schedule)"}
 
+@_styled
+def fig_controller(runs:pd.DataFrame, paper:Paper|None=None, x:str="epoch") -> Figure:
+    "Qonstraint 5.9 (SOTA head) with the confidence controller on and off: val top-1, train top-1 and val loss per epoch."
+    sel, paper = with_x(_selected(runs, "controller"), x), paper or load_paper()
+    variants, note = _variants(sel, "controller")
+    fig, axes = _figure("Confidence controller on vs off (our study: 5.9, SOTA head; the paper has no run without it)", sel, 1, 3, note=note)
+    es = paper.epoch_summary
+    for ax, (col, ylabel, paper_col) in zip(axes.flat, (("val_top1", "val top-1 (%)", "val_top1"), ("train_top1", "train top-1 (%)", "train_top1"),
+                                                        ("val_loss", "val loss", None))):
+        for v in variants: _band(ax, sel[sel.variant == v], col, CONTROLLER_LABELS[v], _color("controller", v), x=x)
+        if paper_col: _paper_points(ax, paper_x(es.epoch, x), es[paper_col], _color("controller", "paper"), gid=_gid("epoch_summary", es.index))
+        ax.set(xlabel=X_AXES[x], ylabel=ylabel)
+        _legend(ax)
+    return fig
+
+# %% ../nbs/17_figures.ipynb 52
 def _cost_bars(ax, sel:pd.DataFrame, variants:list, ablation:str, col:str, how:str, ylabel:str,
                paper_rows:pd.DataFrame, paper_metric:str, paper_unit:str):
     "Bars of each variant's per-run `how` of `col` (mean ± std over runs); the paper's numbers on a twin axis."
     per_run = sel.groupby(["variant", "run"])[col].agg(how).groupby("variant")
     mean, std = per_run.mean().reindex(variants), per_run.std().reindex(variants)
     batch = sel.drop_duplicates("run").groupby("variant").batch_size.agg(lambda b: "/".join(map(str, sorted(set(b))))).reindex(variants)
-    x = np.arange(len(variants))
-    ax.bar(x, mean.to_numpy(), yerr=std.to_numpy(), color=[_color(ablation, v) for v in variants], capsize=4)  # no bar for one run
-    ax.set_xticks(x, [f"{v}\nbatch {b}" for v, b in zip(variants, batch)])
+    xs = np.arange(len(variants))
+    ax.bar(xs, mean.to_numpy(), yerr=std.to_numpy(), color=[_color(ablation, v) for v in variants], capsize=4)  # no bar for one run
+    ax.set_xticks(xs, [f"{v}\nbatch {b}" for v, b in zip(variants, batch)])
     ax.set_ylabel(ylabel)
     p = paper_rows[(paper_rows.metric == paper_metric) & paper_rows.variant.isin(variants)]
     if p.empty: return
     twin = ax.twinx()
     twin.grid(False)
-    xs = [variants.index(v) for v in p.variant]
-    _paper_points(twin, xs, p.value, "0.7")
-    for xi, r in zip(xs, p.itertuples()):
+    at = [variants.index(v) for v in p.variant]
+    _paper_points(twin, at, p.value, "0.7", gid=_gid("ablations", p.index))
+    for xi, r in zip(at, p.itertuples()):
         bound, batch = "" if r.relation == "=" else r.relation, "" if pd.isna(r.batch_size) else f", batch {r.batch_size:g}"
         twin.annotate(f"{bound}{r.value:g} {paper_unit}{batch}", (xi, r.value), xytext=(5, 4), textcoords="offset points", fontsize=7)
     twin.set_ylim(0, 1.35*p.value.max())
@@ -226,91 +374,127 @@ def _memory_label(sel:pd.DataFrame) -> str:
     devices = {str(d).split(":")[0] for d in sel.device}
     return "peak memory, MB (" + ", ".join({"cpu": "CPU: process RSS", "cuda": "GPU: CUDA allocated"}.get(d, d) for d in sorted(devices)) + ")"
 
-# %% ../nbs/17_figures.ipynb 47
-def _ablation_figure(runs:pd.DataFrame, ablation:str, paper:Paper, title:str) -> Figure:
-    "Val top-1/top-5 per epoch and the cost of each variant of `ablation`, with the paper's numbers."
-    sel = _selected(runs, ablation)
-    variants = [v for v in STUDIES[ablation].variants if v in set(sel.variant)]
-    missing = [v for v in STUDIES[ablation].variants if v not in variants]
-    fig, axes = _figure(title, sel, 2, 2, note=f"no runs yet for: {', '.join(missing)}" if missing else "")
+# %% ../nbs/17_figures.ipynb 54
+ABLATION_PANELS = (("train_top1", "train top-1 (%)"), ("val_top1", "val top-1 (%)"), ("val_top5", "val top-5 (%)"),
+                   ("train_loss", "train loss"), ("val_loss", "val loss"), ("feat_mean", "feature mean (before the last clamp)"),
+                   ("feat_std", "feature std"))   # the curve panels of the stem, depth and version figures, then the two cost panels
+_COSTS = {"epoch_seconds": "s/epoch", "memory_gb": "GB"}   # the paper's cost metrics: their unit
+
+def _ablation_figure(runs:pd.DataFrame, ablation:str, paper:Paper, title:str, x:str="epoch") -> Figure:
+    "Train/val top-1, val top-5, train/val loss, feature mean/std per epoch and the cost of each variant of `ablation`, with the paper's numbers."
+    sel = with_x(_selected(runs, ablation), x)
+    variants, note = _variants(sel, ablation)
+    fig, axes = _figure(title, sel, 3, 3, size=(5, 3.2), note=note)
     rows = paper.ablations[paper.ablations.ablation == ablation]
-    for ax, k in zip(axes[0], (1, 5)):
+    for ax, (col, ylabel) in zip(axes.flat, ABLATION_PANELS):
         for v in variants:
-            _band(ax, sel[sel.variant == v], f"val_top{k}", v, _color(ablation, v))
-            _paper_marks(ax, rows[(rows.variant == v) & (rows.metric == f"val_top{k}")], _color(ablation, v))
-        ax.set(xlabel="epoch", ylabel=f"val top-{k} (%)")
+            _band(ax, sel[sel.variant == v], col, v, _color(ablation, v), x=x)
+            _paper_marks(ax, rows[(rows.variant == v) & (rows.metric == col)], _color(ablation, v), x, paper_run_epochs(ablation))
+        ax.set(xlabel=X_AXES[x], ylabel=ylabel)
         _legend(ax)
-    _cost_bars(axes[1, 0], sel, variants, ablation, "epoch_seconds", "mean", "seconds per epoch (ours)", rows, "epoch_seconds", "s/epoch")
-    _cost_bars(axes[1, 1], sel, variants, ablation, "peak_mem_mb", "max", _memory_label(sel), rows, "memory_gb", "GB")
+    _cost_bars(axes[2, 1], sel, variants, ablation, "epoch_seconds", "mean", "seconds per epoch (ours)", rows, "epoch_seconds", _COSTS["epoch_seconds"])
+    _cost_bars(axes[2, 2], sel, variants, ablation, "peak_mem_mb", "max", _memory_label(sel), rows, "memory_gb", _COSTS["memory_gb"])
+    _paper_notes(axes[2, 2], rows[~rows.metric.isin([c for c, _ in ABLATION_PANELS] + list(_COSTS)) & rows.variant.isin(variants)])
     return fig
 
 @_styled
-def fig_stem(runs:pd.DataFrame, paper:Paper|None=None) -> Figure:
-    "Soft vs aggressive stem: val accuracy per epoch, seconds per epoch and peak memory (IV.B)."
-    return _ablation_figure(runs, "stem", paper or load_paper(), "Stem ablation (IV.B): soft vs aggressive ConvStem")
+def fig_stem(runs:pd.DataFrame, paper:Paper|None=None, x:str="epoch") -> Figure:
+    "Soft vs aggressive stem: accuracy, loss and feature statistics per epoch, seconds per epoch and peak memory (IV.B)."
+    return _ablation_figure(runs, "stem", paper or load_paper(), "Stem ablation (IV.B): soft vs aggressive ConvStem", x)
 
 @_styled
-def fig_depth(runs:pd.DataFrame, paper:Paper|None=None) -> Figure:
-    "Lighter, heavier and heaviest backbones: val accuracy per epoch, seconds per epoch and peak memory (IV.C)."
-    return _ablation_figure(runs, "depth", paper or load_paper(), "Depth ablation (IV.C): lighter, heavier, heaviest")
+def fig_depth(runs:pd.DataFrame, paper:Paper|None=None, x:str="epoch") -> Figure:
+    "Lighter, heavier and heaviest backbones: accuracy, loss and feature statistics per epoch, seconds per epoch and peak memory (IV.C)."
+    return _ablation_figure(runs, "depth", paper or load_paper(), "Depth ablation (IV.C): lighter, heavier, heaviest", x)
 
 @_styled
-def fig_version(runs:pd.DataFrame, paper:Paper|None=None) -> Figure:
-    "Qonstraint 5.5, 5.6 and 5.9: val accuracy per epoch, seconds per epoch and peak memory (IV.D)."
-    return _ablation_figure(runs, "version", paper or load_paper(), "Version ablation (IV.D): Qonstraint 5.5, 5.6, 5.9")
+def fig_version(runs:pd.DataFrame, paper:Paper|None=None, x:str="epoch") -> Figure:
+    "Qonstraint 5.5, 5.6 and 5.9: accuracy, loss and feature statistics per epoch, seconds per epoch and peak memory (IV.D)."
+    return _ablation_figure(runs, "version", paper or load_paper(), "Version ablation (IV.D): Qonstraint 5.5, 5.6, 5.9", x)
 
-# %% ../nbs/17_figures.ipynb 55
-def _head_cell(axes, cell:pd.DataFrame, rows:pd.DataFrame):
-    "Val top-1 and val loss of both heads in one (augmentation, depth) cell, with the paper's numbers for it."
-    for h in STUDIES["head"].variants:
-        if (runs := cell[cell.variant == h]).empty: continue
-        color, label = _color("head", h), f"{h} head"
-        _band(axes[0], runs, "val_top1", label, color, count=False)
-        _paper_marks(axes[0], rows[(rows.variant == h) & (rows.metric == "val_top1")], color)
-        _band(axes[1], runs, "val_loss", label, color, count=False)
-        for r in rows[(rows.variant == h) & (rows.metric == "val_loss_peak_epoch")].itertuples():
-            axes[1].axvline(r.value, color=color, ls="--", lw=1, label=f"paper: {h} val-loss peak epoch (TinyImageNet)")
-    axes[0].set(xlabel="epoch", ylabel="val top-1 (%)"); axes[1].set(xlabel="epoch", ylabel="val loss")
+# %% ../nbs/17_figures.ipynb 62
+HEAD_PANELS = (("train_top1", "train top-1"), ("train_top5", "train top-5"), ("val_top1", "val top-1"), ("val_top5", "val top-5"),
+               ("val_loss", "val loss"))   # the panels of each cell of the head figure
+
+def _head_cells(sel:pd.DataFrame) -> list[tuple]:
+    "The (aug, depth) cells to draw: the study's `HEAD_CELLS`, then any other cell with runs."
+    other = set(zip(sel.aug, sel.depth)) - set(HEAD_CELLS)
+    return list(HEAD_CELLS) + sorted(other, key=lambda c: (AUG_LEVELS.index(c[0]), list(HEAD_DEPTHS).index(c[1])))
+
+def _head_cell(axes, cell:pd.DataFrame, rows:pd.DataFrame, x:str, run_epochs:int):
+    "The five panels of one (augmentation, depth) cell: both heads' curves and the paper's numbers for the cell."
+    for ax, (col, what) in zip(axes, HEAD_PANELS):
+        for h in STUDIES["head"].variants:
+            color, mine = _color("head", h), rows[rows.variant == h]
+            _band(ax, cell[cell.variant == h], col, f"{h} head", color, count=False, x=x)
+            if col == "val_loss":
+                for i, r in mine[mine.metric == "val_loss_peak_epoch"].iterrows():
+                    ax.axvline(float(paper_x(r.value, x, run_epochs)), color=color, ls="--", lw=1, gid=_gid("ablations", [i]),
+                               label=f"paper: {h} val-loss peak epoch (TinyImageNet)")
+            else: _paper_marks(ax, mine[mine.metric == col], color, x, run_epochs)
+        ax.set(xlabel=X_AXES[x], ylabel=what + (" (%)" if col != "val_loss" else ""))
+        if cell.empty: ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes, color="0.4")
 
 @_styled
-def fig_heads(runs:pd.DataFrame, paper:Paper|None=None) -> Figure:
-    "SOTA vs GAP head: val top-1 and val loss per epoch for each augmentation level × depth (IV.E)."
-    sel, paper = _selected(runs, "head"), paper or load_paper()
-    augs, depths = [a for a in AUG_LEVELS if a in set(sel.aug)], [d for d in HEAD_DEPTHS if d in set(sel.depth)]
-    n = sel.groupby("variant").run.nunique()
-    fig, axes = _figure("Head ablation (IV.E): SOTA vs GAP head per augmentation level and depth", sel, len(augs), 2*len(depths),
-                        size=(3.6, 2.8), note=", ".join(f"{h} head: {n.get(h, 0)} runs" for h in STUDIES["head"].variants))
-    rows = paper.ablations[paper.ablations.ablation == "head"]
-    for i, aug in enumerate(augs):
-        for j, depth in enumerate(depths):
-            pair = axes[i, 2*j:2*j + 2]
-            for ax, what in zip(pair, ("val top-1", "val loss")): ax.set_title(f"{aug.upper()} aug, {depth} depth {HEAD_DEPTHS[depth]}: {what}", fontsize=8)
-            cell = sel[(sel.aug == aug) & (sel.depth == depth)]
-            if cell.empty:
-                for ax in pair: ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes); ax.set_axis_off()
-            else: _head_cell(pair, cell, rows[(rows.aug == aug) & (rows.depth == depth)])
-    fig.legend(*_handles(axes.flat), loc="outside lower center", ncols=3, fontsize=8)
+def fig_heads(runs:pd.DataFrame, paper:Paper|None=None, x:str="epoch") -> Figure:
+    "SOTA vs GAP head: train/val top-1 and top-5 and val loss per epoch for each augmentation level × depth (IV.E)."
+    sel, paper = with_x(_selected(runs, "head"), x), paper or load_paper()
+    cells, n = _head_cells(sel), sel.groupby("variant").run.nunique()
+    fig, axes = _figure("Head ablation (IV.E): SOTA vs GAP head per augmentation level and depth", sel, len(cells), len(HEAD_PANELS),
+                        size=(3.2, 2.5), note=", ".join(f"{h} head: {n.get(h, 0)} runs" for h in STUDIES["head"].variants))
+    heads = paper.ablations[paper.ablations.ablation == "head"]
+    for row, (aug, depth) in zip(axes, cells):
+        rows = heads[(heads.aug == aug) & (heads.depth == depth)]
+        for ax, (_, what) in zip(row, HEAD_PANELS): ax.set_title(f"{aug.upper()} aug, {depth} depth {HEAD_DEPTHS[depth]}: {what}", fontsize=8)
+        cell = sel[(sel.aug == aug) & (sel.depth == depth)]
+        _head_cell(row, cell, rows, x, paper_run_epochs("head", aug))
+        if cell.empty and rows.empty:
+            for ax in row: ax.set_axis_off()
+    for ax in axes[:-1].flat: ax.set_xlabel("")                                  # the x axis named once, under the last row
+    fig.legend(*_handles(axes.flat), loc="outside lower center", ncols=4, fontsize=8)
     return fig
 
-# %% ../nbs/17_figures.ipynb 59
+# %% ../nbs/17_figures.ipynb 66
+PEAK_STUDIES = ("main", "controller")   # the studies of the peak table, a row group per variant
+PEAK_SOURCE = "TinyImageNet (paper, IV.A.2, 3 runs)"
+
 def peak_metrics(runs:pd.DataFrame) -> pd.DataFrame:
-    "Per run: peak train top-1/top-5, peak val top-1, val top-5 at that epoch, and that epoch."
+    "Per run: peak train top-1/top-5, peak val top-1, val top-5 at that epoch, that epoch, and that epoch / the run's epochs."
     def peaks(r):
         best = r.loc[r.val_top1.idxmax()]
-        return dict(train_top1=r.train_top1.max(), train_top5=r.train_top5.max(), val_top1=best.val_top1, val_top5=best.val_top5, peak_epoch=best.epoch)
-    return pd.DataFrame({run: peaks(r) for run, r in runs.groupby("run")}).T
+        return dict(train_top1=r.train_top1.max(), train_top5=r.train_top5.max(), val_top1=best.val_top1, val_top5=best.val_top5,
+                    peak_epoch=best.epoch, peak_progress=best.epoch/r.epochs.iloc[0])
+    if runs.empty: return pd.DataFrame(columns=["train_top1", "train_top5", "val_top1", "val_top5", "peak_epoch", "peak_progress"], dtype=float)
+    return pd.DataFrame({run: peaks(r) for run, r in runs.groupby("run")}).T.astype(float)
+
+def _paper_peaks(paper:Paper) -> pd.DataFrame:
+    "peak_metrics.csv by metric, with the peak epoch as a fraction of the paper's 70 epochs added."
+    p = paper.peak_metrics.set_index("metric")
+    e = p.loc["peak_epoch"]
+    return pd.concat([p, pd.DataFrame(dict(mean=[round(e["mean"]/PAPER_EPOCHS, 3)], std=[round(e["std"]/PAPER_EPOCHS, 3)],
+                                           unit=["fraction of the epochs"]), index=["peak_progress"])])
 
 def table_peak(runs:pd.DataFrame, paper:Paper|None=None) -> pd.DataFrame:
-    "Peak metrics, mean ± std over the main runs, beside the paper's (IV.A.2)."
+    "Peak metrics, mean ± std over each variant's runs (main study: each head; controller study: on, off), beside the paper's (IV.A.2)."
     main, paper = _selected(runs, "main"), paper or load_paper()
-    ours, p = peak_metrics(main), paper.peak_metrics.set_index("metric")
-    return pd.DataFrame(dict(metric=ours.columns, unit=p.unit.reindex(ours.columns).to_numpy(),
-                             ours_mean=ours.mean().round(2).to_numpy(), ours_std=ours.std().round(2).to_numpy(),
-                             ours_runs=len(ours), ours_data=data_label(main),
-                             paper_mean=p["mean"].reindex(ours.columns).to_numpy(), paper_std=p["std"].reindex(ours.columns).to_numpy(),
-                             paper_data="TinyImageNet (paper, IV.A.2, 3 runs)"))
+    p, rows = _paper_peaks(paper), []
+    for study in PEAK_STUDIES:
+        sel = main if study == "main" else select_runs(runs, study)
+        for v in STUDIES[study].variants:
+            mine = sel[sel.variant == v]
+            ours, theirs = peak_metrics(mine), not (study == "controller" and v == "off")
+            n = len(ours)
+            for m in ours.columns:
+                d = 3 if m == "peak_progress" else 2
+                rows.append(dict(study=study, variant=v, metric=m, unit=p.unit[m], ours_mean=round(ours[m].mean(), d) if n else np.nan,
+                                 ours_std=round(ours[m].std(), d) if n > 1 else np.nan, ours_runs=n,
+                                 ours_data=data_label(mine) if n else "no runs",
+                                 paper_mean=p["mean"][m] if theirs else np.nan, paper_std=p["std"][m] if theirs else np.nan,
+                                 paper_data=(PEAK_SOURCE + (", derived: epoch / 70" if m == "peak_progress" else "")) if theirs
+                                            else "none: the paper has no run without the controller"))
+    return pd.DataFrame(rows)
 
-# %% ../nbs/17_figures.ipynb 61
+# %% ../nbs/17_figures.ipynb 68
 SUMMARY_COLUMNS = {"lr": 6, "confidence": 4, "momentum": 4, "ema_decay": 4,   # epoch-table column: decimals kept
                    "train_top1": 2, "train_top5": 2, "val_top1": 2, "val_top5": 2}
 
@@ -322,7 +506,7 @@ def match_epoch(paper_epoch:int,  # an epoch of the paper's 70
     return min(n_epochs, max(1, math.floor(paper_epoch*n_epochs/PAPER_EPOCHS + 0.5)))
 
 def _ours_at(main:pd.DataFrame, paper_epoch:int) -> dict|None:
-    "The main runs' mean at the epoch matching `paper_epoch` (None if no run reached it)."
+    "The runs' mean at the epoch matching `paper_epoch` (None if no run reached it)."
     at = [r[r.epoch == match_epoch(paper_epoch, int(r.epochs.iloc[0]))] for _, r in main.groupby("run")]
     if not (at := [a for a in at if len(a)]): return None
     at = pd.concat(at)
@@ -333,38 +517,143 @@ def _ours_at(main:pd.DataFrame, paper_epoch:int) -> dict|None:
                 **{c: round(at[c].mean(), d) for c, d in SUMMARY_COLUMNS.items()})
 
 def table_epoch_summary(runs:pd.DataFrame, paper:Paper|None=None) -> pd.DataFrame:
-    "The paper's epoch tables (IV.A.4), each row followed by our main runs' mean at the matching epoch."
+    "The paper's epoch tables (IV.A.4), each row followed by our main runs' mean at the matching epoch, a row per head."
     main, paper = _selected(runs, "main"), paper or load_paper()
+    heads, _ = _variants(main, "main")
     source, rows = f"ours: {data_label(main)}, mean of runs", []
     for p in paper.epoch_summary.itertuples():
-        rows.append(dict(paper_epoch=p.epoch, source=PAPER_LABEL, epoch=str(p.epoch), runs=np.nan, matched_by="",
+        rows.append(dict(paper_epoch=p.epoch, source=PAPER_LABEL, head="", epoch=str(p.epoch), runs=np.nan, matched_by="",
                          **{c: getattr(p, "ema_decay_reading" if c == "ema_decay" else c) for c in SUMMARY_COLUMNS},
                          note="" if pd.isna(p.note) else p.note))
-        if ours := _ours_at(main, p.epoch): rows.append(dict(paper_epoch=p.epoch, source=source) | ours | dict(note=""))
+        for h in heads:
+            if ours := _ours_at(main[main.variant == h], p.epoch): rows.append(dict(paper_epoch=p.epoch, source=source, head=h) | ours | dict(note=""))
     return pd.DataFrame(rows).astype({"runs": "Int64"})   # the paper does not say how many runs its tables show
 
-# %% ../nbs/17_figures.ipynb 63
-def _measured_row(g:pd.DataFrame, widths) -> dict:
-    "A comparison-table row for the main runs `g` (one dataset, device and width)."
+# %% ../nbs/17_figures.ipynb 70
+def _measured_row(g:pd.DataFrame, head:str, widths) -> dict:
+    "A comparison-table row for the main runs `g` (one head, dataset, device and width)."
     per_run, first = g.groupby("run"), g.drop_duplicates("run")
     mem_gb, secs, n = per_run.peak_mem_mb.max().mean()/1024, per_run.epoch_seconds.mean().mean(), len(first)
     kind = "process RSS" if str(first.device.iloc[0]).startswith("cpu") else "CUDA"
     width = "" if widths == PRESETS["qonstraint_5_9"].embed_dims else f", embed_dims {widths}"
-    return dict(model=f"Qonstraint 5.9 (measured here{width}, {n} run{'s'*(n > 1)})", val_top1=round(peak_metrics(g).val_top1.mean(), 2),
+    return dict(model=f"Qonstraint 5.9 (measured here, {head} head{width}, {n} run{'s'*(n > 1)})", val_top1=round(peak_metrics(g).val_top1.mean(), 2),
                 params_m=round(first["summary.params"].mean()/1e6, 3), vram_text=f"{mem_gb:.2f} GB peak {kind}", vram_gb=round(mem_gb, 2),
                 training_time_text=f"{secs:.1f} s/epoch, {'/'.join(map(str, sorted(set(first.epochs))))} epochs",
                 hardware=first.device.iloc[0], speed_vs_p100_text="", speed_vs_p100=np.nan, ref="measured here (run logs)",
                 is_ours=True, source="measured", data=data_label(g))
 
 def table_comparison(runs:pd.DataFrame, paper:Paper|None=None) -> pd.DataFrame:
-    "The paper's comparison table (IV.A.5), with our measured main runs added as rows that name their data."
+    "The paper's comparison table (IV.A.5), with our measured main runs added as rows (per head) that name their data."
     main, paper = _selected(runs, "main"), paper or load_paper()
     widths = main["model.embed_dims"] if "model.embed_dims" in main else pd.Series(np.nan, index=main.index)
-    main = main.assign(widths=[w if isinstance(w, tuple) else PRESETS["qonstraint_5_9"].embed_dims for w in widths])
-    ours = [_measured_row(g, w) for (_, _, w), g in main.groupby(["dataset", "device", "widths"], sort=True)]
+    main = main.assign(widths=[w if isinstance(w, tuple) else PRESETS["qonstraint_5_9"].embed_dims for w in widths],
+                       order=main.variant.map(STUDIES["main"].variants.index))
+    ours = [_measured_row(g, h, w) for (_, h, _, _, w), g in main.groupby(["order", "variant", "dataset", "device", "widths"], sort=True)]
     return pd.concat([paper.comparison.assign(source="paper", data="TinyImageNet"), pd.DataFrame(ours)], ignore_index=True)
 
-# %% ../nbs/17_figures.ipynb 69
+# %% ../nbs/17_figures.ipynb 76
+@dataclass(frozen=True)
+class Claim:
+    "A comparative claim of the paper: `a` `relation` `b` (two variants of `study`), or `a` `relation` `threshold`."
+    name:str                     # short name: the table's first column
+    section:str                  # where the paper makes it
+    quote:str                    # the paper's words
+    study:str                    # a key of `STUDIES`
+    metric:str                   # a key of `CLAIM_METRICS`
+    a:str                        # a variant of `study`
+    relation:str                 # ">" | "<": the relation the paper claims
+    b:str|None = None            # the variant `a` is compared with; None: `threshold`
+    threshold:float|None = None  # the bound of a one-variant claim, in the metric's unit
+    cell:tuple|None = None       # the head study's (aug, depth) cell
+
+CLAIM_METRICS = {"val_top1": "each run's peak val top-1 (%)", "peak_progress": "each run's val top-1 peak epoch / its epochs"}
+VERDICTS = ("holds", "reversed", "not separable", "no runs")
+
+_PEAK_BEFORE_60 = "The models hit these accuracies before the 60th epoch each time"
+_HEAD_QUOTES = {("low", "high"): ("IV.E.1", "Validation statistics for GAP peak out at 52.28% top-1 at epoch 49, and whilst Qlassifier peaks at 51.29 at epoch 47"),
+                ("mid", "low"): ("IV.E.2.a", "GAP peaks at 54.66% accuracy in the 46th epoch, whilst the SOTAQlassifierHead caps out at just above 52% validation top-1 accuracy"),
+                ("mid", "high"): ("IV.E.2.b", "GAP now peaks out at 53.88 percent accuracy at epoch 44 [...] SOTAQlassifierHead peaks out at 53.23% accuracy at epoch 50"),
+                ("high", "low"): ("IV.E.3.a", "SOTAQClassifierHead crossed 52% on the 43rd epoch, whilst GAP crossed 54.5% accuracy within 50 epochs")}
+CLAIMS = (
+    Claim("stem: soft > aggressive", "IV.B.3", "The softer Qonvstem [...] showed a higher accuracy standard overall", "stem", "val_top1",
+          "soft", ">", "aggressive"),
+    Claim("version: 5.9 > 5.6", "IV.D.2", "This achieves the fastest and highest gains of anything, reaching over 52% accuracy in a "
+          "similar number of epochs", "version", "val_top1", "qonstraint_5_9", ">", "qonstraint_5_6"),
+    Claim("version: 5.6 > 5.5", "IV.D.2", "The improvement in channel widths shows a clear and significant improvement in accuracy over "
+          "the narrower model", "version", "val_top1", "qonstraint_5_6", ">", "qonstraint_5_5"),
+    Claim("depth: heaviest > heavier", "IV.C.2", "The validation accuracy is consistently higher than the lighter model but slightly below "
+          "the heaviest one", "depth", "val_top1", "heaviest", ">", "heavier"),
+    Claim("depth: heavier > lighter", "IV.C.2", "The validation accuracy is consistently higher than the lighter model but slightly below "
+          "the heaviest one", "depth", "val_top1", "heavier", ">", "lighter"),
+    *(Claim(f"head {a.upper()}/{d}: gap > sota", s, q, "head", "val_top1", "gap", ">", "sota", cell=(a, d)) for (a, d), (s, q) in _HEAD_QUOTES.items()),
+    *(Claim(f"main {h}: val peak before epoch 60 of 70", "IV.A.2", _PEAK_BEFORE_60, "main", "peak_progress", h, "<",
+            threshold=60/PAPER_EPOCHS) for h in STUDIES["main"].variants),
+    Claim("controller: on > off", "V.A.2", "Controlling learning rate, momentum, and EMA decay in real time has proven to be fruitful",
+          "controller", "val_top1", "paper", ">", "off"),
+)
+
+def judge(a,               # per-run values of the claim's variant `a`
+          b,               # per-run values of `b`, or the threshold (a number)
+          relation:str,    # ">" | "<": what is claimed of a against b
+          names=("a", "b") # the two sides' names, for `why`
+         ) -> dict:
+    "difference, spread, verdict (one of `VERDICTS`) and why, by the rule above."
+    one = np.isscalar(b)
+    sides = [np.asarray(a, dtype=float)] + ([] if one else [np.asarray(b, dtype=float)])
+    stats = [(v.mean() if len(v) else np.nan, v.std(ddof=1) if len(v) > 1 else np.nan) for v in sides]
+    (am, asd), (bm, bsd) = stats[0], ((float(b), 0.0) if one else stats[1])
+    d, s = am - bm, asd + bsd
+    out = dict(difference=d, spread=s)
+    if empty := [n for n, v in zip(names, sides) if len(v) == 0]: return out | dict(verdict="no runs", why=f"no runs of {' and '.join(empty)}")
+    if few := [n for n, v in zip(names, sides) if len(v) < 2]:
+        return out | dict(verdict="not separable", why=f"fewer than 2 runs of {' and '.join(few)}: no spread to compare with")
+    if abs(d) <= s: return out | dict(verdict="not separable", why=f"|difference| {abs(d):.3g} ≤ spread {s:.3g}")
+    held = (d > 0) == (check_choice("relation", relation, (">", "<")) == ">")
+    return out | dict(verdict="holds" if held else "reversed", why=f"difference {d:+.3g} beyond the spread {s:.3g}")
+
+def _paper_number(claim:Claim, variant:str|None, paper:Paper) -> str:
+    "The paper's number for one side of `claim`, as printed (relation, epoch), from data/paper/; '' where it gives none."
+    if claim.metric == "peak_progress":
+        if variant is None:   # the threshold: main_run_text.csv's "before the 60th epoch"
+            r = (t := paper_text(paper))[t.metric == "peak_epoch"].iloc[0]
+            return f"{r.relation}epoch {r.value:g} of {PAPER_EPOCHS} ({r.value/PAPER_EPOCHS:.3f})"
+        e = paper.peak_metrics.set_index("metric").loc["peak_epoch"]
+        return f"epoch {e['mean']:g} ± {e['std']:g} of {PAPER_EPOCHS} ({e['mean']/PAPER_EPOCHS:.3f})"
+    a = paper.ablations
+    rows = a[(a.ablation == claim.study) & (a.variant == variant) & (a.metric == claim.metric)]
+    if claim.cell: rows = rows[(rows.aug == claim.cell[0]) & (rows.depth == claim.cell[1])]
+    if rows.empty: return ""
+    r = rows.loc[rows.value.idxmax()]
+    return f"{'' if r.relation == '=' else r.relation}{r.value:g}" + ("" if pd.isna(r.epoch) else f" (epoch {r.epoch:g})")
+
+def _claim_runs(runs:pd.DataFrame, claim:Claim) -> pd.DataFrame:
+    "The runs of the claim's study (and cell) that are one of its variants."
+    sel = select_runs(runs, claim.study)
+    if claim.cell: sel = sel[(sel.aug == claim.cell[0]) & (sel.depth == claim.cell[1])]
+    return sel[sel.variant.isin([claim.a, claim.b])]
+
+def table_claims(runs:pd.DataFrame, paper:Paper|None=None,
+                 claims:tuple=CLAIMS   # the claims to check
+                ) -> pd.DataFrame:
+    "For each claim: per side the runs, mean ± std of their peaks and the paper's number; the difference, spread and verdict."
+    paper, rows = paper or load_paper(), []
+    for c in claims:
+        sel = _claim_runs(runs, c)
+        peaks = peak_metrics(sel)[c.metric]
+        of = sel.drop_duplicates("run").set_index("run").variant
+        side = lambda v: peaks.reindex(of.index[of == v]).to_numpy()
+        a, b = side(c.a), (side(c.b) if c.b else c.threshold)
+        j, d = judge(a, b, c.relation, (c.a, c.b or "threshold")), 3 if c.metric == "peak_progress" else 2
+        stat = lambda v: dict(runs=len(v), mean=round(v.mean(), d) if len(v) else np.nan, std=round(v.std(ddof=1), d) if len(v) > 1 else np.nan)
+        sa, sb = stat(a), (stat(b) if c.b else dict(runs=pd.NA, mean=round(c.threshold, d), std=np.nan))
+        rows.append(dict(claim=c.name, section=c.section, study=c.study, cell="/".join(c.cell) if c.cell else "", metric=c.metric,
+                         a=c.a, relation=c.relation, b=c.b or "threshold", paper_a=_paper_number(c, c.a, paper), paper_b=_paper_number(c, c.b, paper),
+                         **{f"a_{k}": v for k, v in sa.items()}, **{f"b_{k}": v for k, v in sb.items()},
+                         difference=round(j["difference"], d), spread=round(j["spread"], d), verdict=j["verdict"], why=j["why"],
+                         data=data_label(sel) if len(sel) else "no runs", quote=c.quote))
+    return pd.DataFrame(rows).astype({"a_runs": "Int64", "b_runs": "Int64"})
+
+# %% ../nbs/17_figures.ipynb 84
 DPI = 100  # pixels per inch of the saved PNGs
 
 def save_figure(fig:Figure, path:Path|str) -> Path:
@@ -387,17 +676,28 @@ def save_table(df:pd.DataFrame, stem:Path|str) -> list[Path]:
     return [csv, md]
 
 FIGURES = {"fig_lr": fig_lr, "fig_confidence": fig_confidence, "fig_momentum": fig_momentum, "fig_accuracy": fig_accuracy,
-           "fig_loss": fig_loss, "fig_features": fig_features, "fig_stem": fig_stem, "fig_depth": fig_depth,
-           "fig_version": fig_version, "fig_heads": fig_heads}          # file name: function, in the paper's order
-TABLES = {"table_peak": table_peak, "table_epoch_summary": table_epoch_summary, "table_comparison": table_comparison}
+           "fig_loss": fig_loss, "fig_features": fig_features, "fig_controller": fig_controller, "fig_stem": fig_stem,
+           "fig_depth": fig_depth, "fig_version": fig_version, "fig_heads": fig_heads}   # file name: function, in the paper's order
+TABLES = {"table_peak": table_peak, "table_epoch_summary": table_epoch_summary, "table_comparison": table_comparison,
+          "table_claims": table_claims}
 
-# %% ../nbs/17_figures.ipynb 73
-def write_outputs(runs:pd.DataFrame, paper:Paper, out:Path|str) -> tuple[list[Path], dict]:
+# %% ../nbs/17_figures.ipynb 88
+AT_PAPER_EPOCHS = ("fig_lr", "fig_confidence", "fig_momentum", "fig_accuracy", "fig_controller", "fig_version", "fig_heads")
+
+def paper_axes(runs:pd.DataFrame) -> dict:
+    "figure name: x axis — 'progress' for the figures of `AT_PAPER_EPOCHS` when the main runs (else all runs) are not 70 epochs long."
+    main = select_runs(runs, "main")
+    lengths = set((main if len(main) else runs).drop_duplicates("run").epochs)
+    return {name: "progress" if name in AT_PAPER_EPOCHS and lengths != {PAPER_EPOCHS} else "epoch" for name in FIGURES}
+
+def write_outputs(runs:pd.DataFrame, paper:Paper, out:Path|str,
+                  x:str|dict="epoch"   # the curve figures' x axis: one for all, or figure name: "epoch" | "progress"
+                 ) -> tuple[list[Path], dict]:
     "Write every figure (PNG) and table (CSV, Markdown) `runs` allow into `out`; the files, and why each other one was not made."
     out, written, skipped = Path(out), [], {}
     out.mkdir(parents=True, exist_ok=True)
     for name, make in (FIGURES | TABLES).items():
-        try: obj = make(runs, paper)
+        try: obj = make(runs, paper, x=x.get(name, "epoch") if isinstance(x, dict) else x) if name in FIGURES else make(runs, paper)
         except QonstraintError as e:
             skipped[name] = " ".join(str(e).split())                                # on one line
             for suffix in (".png", ".csv", ".md"): (out/f"{name}{suffix}").unlink(missing_ok=True)
