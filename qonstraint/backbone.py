@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .blocks import QonvViTBlock, distributional_clamp
+from .blocks import QonvViTBlock
 
 # %% auto 0
 __all__ = ['QonvViT']

@@ -13,7 +13,8 @@ from fastcore.docments import docments
 from .core import QonstraintError
 from .experiments import SIZES, paper_grid, run_grid
 from .export import add_export_args, export_command
-from .figures import load_paper, load_runs, write_outputs
+from .figures import load_runs, write_outputs
+from .studies import load_paper
 from .inference import add_predict_args, predict_command
 from .plan import plan
 from .runfolder import ADD_RUNS, read_json

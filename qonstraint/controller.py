@@ -10,9 +10,10 @@ from dataclasses import asdict, dataclass, replace
 from .core import QonstraintError, check_choice
 
 # %% auto 0
-__all__ = ['CONTROLLERS', 'confidence', 'reward_of', 'ControllerConfig', 'restart_epoch', 'base_lr_at', 'aug_phase',
-           'phase2_starts', 'late_stage', 'ema_decay_at', 'label_smoothing_at', 'drop_path_at', 'mix_prob_at',
-           'aux_weight_at', 'ControlState', 'ConfidenceController', 'plain_lr_at', 'BaseSchedule', 'make_controller']
+__all__ = ['CONTROLLERS', 'confidence', 'reward_of', 'clamped_reward', 'ControllerConfig', 'restart_epoch', 'base_lr_at',
+           'aug_phase', 'phase2_starts', 'late_stage', 'ema_decay_at', 'label_smoothing_at', 'drop_path_at',
+           'mix_prob_at', 'aux_weight_at', 'ControlState', 'ConfidenceController', 'plain_lr_at', 'BaseSchedule',
+           'make_controller']
 
 # %% ../nbs/10_controller.ipynb 5
 def confidence(reward:float) -> float:
@@ -22,6 +23,10 @@ def confidence(reward:float) -> float:
 def reward_of(confidence:float) -> float:
     "The reward that gives `confidence` (the sigmoid's inverse), to read the paper's tables."
     return 2*math.log(confidence/(1 - confidence))
+
+def clamped_reward(val_top1:float, prev_top1:float, clip:float) -> float:
+    "The reward of an epoch: the change of val top-1 (points), clamped to ±`clip`."
+    return max(-clip, min(clip, val_top1 - prev_top1))
 
 # %% ../nbs/10_controller.ipynb 8
 @dataclass(frozen=True)
@@ -155,7 +160,7 @@ class ConfidenceController:
     def update(self, val_top1:float) -> ControlState:
         "Take the finished epoch's validation top-1 (%) and return the settings for the next epoch."
         c, s = self.cfg, self.state
-        reward = max(-c.reward_clip, min(c.reward_clip, val_top1 - self.prev_top1))
+        reward = clamped_reward(val_top1, self.prev_top1, c.reward_clip)
         conf = confidence(reward)
         self.prev_top1 = val_top1
         self.since_growth = 0 if reward > 0 else self.since_growth + 1
@@ -212,7 +217,7 @@ class BaseSchedule:
 
     def update(self, val_top1:float) -> ControlState:
         "Take the finished epoch's validation top-1 (%), record its reward, and return the next epoch's (base) settings."
-        reward = max(-self.cfg.reward_clip, min(self.cfg.reward_clip, val_top1 - self.prev_top1))
+        reward = clamped_reward(val_top1, self.prev_top1, self.cfg.reward_clip)
         self.prev_top1 = val_top1
         self.state = self._settings(self.state.epoch + 1, reward, confidence(reward))
         return self.state

@@ -197,7 +197,7 @@ def ra_magnitudes(size:int=IMAGE_SIZE,          # the (square) image size the ma
 RA_NUM_OPS, RA_MAGNITUDES = v2.RandAugment().num_ops, ra_magnitudes()   # torchvision's defaults, at 64 × 64
 
 @functools.lru_cache
-def _magnitudes_at(size:int) -> dict: return RA_MAGNITUDES if size == IMAGE_SIZE else ra_magnitudes(size)
+def _magnitudes_at(size:int) -> dict: return ra_magnitudes(size)   # computed once per image size
 
 def signed_magnitudes(flip:torch.Tensor,       # 13, G bool
                       size:int=IMAGE_SIZE      # the images' side: the translations scale with it

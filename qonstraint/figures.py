@@ -15,23 +15,21 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from .augment import AUG_LEVELS
-from . import studies
 from .controller import ControllerConfig, confidence, reward_of
 from .core import QonstraintError, atomic_write, check_choice
 from .model import PRESETS
 from .runfolder import ADD_RUNS, LOG_FILES, Run, find_run_dirs, read_run
-from .studies import HEAD_CELLS, HEAD_DEPTHS, STUDIES, Paper, flatten, head_depth, repo_root
+from .studies import HEAD_CELLS, HEAD_DEPTHS, STUDIES, Paper, flatten, head_depth, load_paper
 
 # %% auto 0
-__all__ = ['PAPER_LABEL', 'PAPER_EPOCHS', 'PAPER_HEAD_LOW_EPOCHS', 'RUN_TEXT_COLUMNS', 'PAPER_LINE_LABEL', 'PAPER_RANGE_LABEL',
-           'FLAG_LABEL', 'EVENT_MARKERS', 'PALETTE', 'X_AXES', 'HEAD_LINES', 'CURVES', 'fig_momentum', 'fig_accuracy',
-           'fig_loss', 'fig_features', 'CONTROLLER_LABELS', 'ABLATION_PANELS', 'HEAD_PANELS', 'PEAK_STUDIES',
-           'PEAK_SOURCE', 'SUMMARY_COLUMNS', 'CLAIM_METRICS', 'VERDICTS', 'CLAIMS', 'DPI', 'FIGURES', 'TABLES',
-           'AT_PAPER_EPOCHS', 'run_rows', 'load_runs', 'select_runs', 'paper_run_epochs', 'load_run_text', 'load_paper',
-           'paper_text', 'data_label', 'with_x', 'paper_x', 'fig_lr', 'fig_confidence', 'fig_curves', 'fig_controller',
-           'fig_stem', 'fig_depth', 'fig_version', 'fig_heads', 'peak_metrics', 'table_peak', 'match_epoch',
-           'table_epoch_summary', 'table_comparison', 'Claim', 'judge', 'table_claims', 'save_figure', 'to_markdown',
-           'save_table', 'paper_axes', 'write_outputs', 'Paper']
+__all__ = ['PAPER_LABEL', 'PAPER_EPOCHS', 'PAPER_HEAD_LOW_EPOCHS', 'PAPER_LINE_LABEL', 'PAPER_RANGE_LABEL', 'FLAG_LABEL',
+           'EVENT_MARKERS', 'PALETTE', 'X_AXES', 'HEAD_LINES', 'CURVES', 'fig_momentum', 'fig_accuracy', 'fig_loss',
+           'fig_features', 'CONTROLLER_LABELS', 'ABLATION_PANELS', 'HEAD_PANELS', 'PEAK_STUDIES', 'PEAK_SOURCE',
+           'SUMMARY_COLUMNS', 'CLAIM_METRICS', 'VERDICTS', 'CLAIMS', 'DPI', 'FIGURES', 'TABLES', 'AT_PAPER_EPOCHS',
+           'run_rows', 'load_runs', 'select_runs', 'paper_run_epochs', 'data_label', 'with_x', 'paper_x', 'fig_lr',
+           'fig_confidence', 'fig_curves', 'fig_controller', 'fig_stem', 'fig_depth', 'fig_version', 'fig_heads',
+           'peak_metrics', 'table_peak', 'match_epoch', 'table_epoch_summary', 'table_comparison', 'Claim', 'judge',
+           'table_claims', 'save_figure', 'to_markdown', 'save_table', 'paper_axes', 'write_outputs']
 
 # %% ../nbs/17_figures.ipynb 6
 def run_rows(run:Run,          # a run folder's record, from `qonstraint.runfolder.read_run`
@@ -68,36 +66,10 @@ def select_runs(df:pd.DataFrame,  # `load_runs` output
 PAPER_LABEL = "paper (TinyImageNet)"   # legend label of every paper number drawn
 PAPER_EPOCHS = 70                      # epochs of the paper's main runs (IV.A)
 PAPER_HEAD_LOW_EPOCHS = 60             # epochs of the paper's LOW-augmentation head runs (IV.E.1)
-RUN_TEXT_COLUMNS = "section metric relation value unit epoch quote flag"   # main_run_text.csv
-_all_ = ["Paper"]                      # the paper's numbers, from `qonstraint.studies`
 
 def paper_run_epochs(ablation:str="main", aug:str|None=None) -> int:
     "How many epochs the paper's runs of `ablation` (at augmentation `aug`) trained: 60 for the head study's LOW cells, else 70."
     return PAPER_HEAD_LOW_EPOCHS if ablation == "head" and aug == "low" else PAPER_EPOCHS
-
-def _paper_dir(path) -> Path: return Path(path) if path is not None else repo_root(Path(studies.__file__).parent)/"data"/"paper"
-
-def load_run_text(path:Path|str|None=None  # folder of the paper's CSVs; None: data/paper of the qonstraint checkout
-                 ) -> pd.DataFrame:
-    "main_run_text.csv: the numbers of IV.A.1–2's prose, checked; `flag` is '' where the paper's tables agree."
-    f = _paper_dir(path)/"main_run_text.csv"
-    if not f.is_file(): raise QonstraintError(f"{f} is missing: the paper's prose numbers of IV.A (data/paper/ in git).")
-    text = pd.read_csv(f)
-    if missing := [c for c in RUN_TEXT_COLUMNS.split() if c not in text.columns]:
-        raise QonstraintError(f"{f} lacks the column(s) {', '.join(missing)}; data/paper/README.md describes the file.")
-    return text.assign(flag=text.flag.fillna(""))
-
-def load_paper(path:Path|str|None=None  # folder of the paper's CSVs; None: data/paper of the qonstraint checkout
-              ) -> Paper:
-    "`qonstraint.studies.load_paper`, with main_run_text.csv added as `main_run_text`."
-    paper = studies.load_paper(path)
-    paper.main_run_text = load_run_text(path)
-    return paper
-
-def paper_text(paper:Paper) -> pd.DataFrame:
-    "The prose numbers of IV.A that `paper` carries (`load_paper`), else those of data/paper/."
-    text = getattr(paper, "main_run_text", None)
-    return text if text is not None else load_run_text()
 
 # %% ../nbs/17_figures.ipynb 21
 PAPER_LINE_LABEL = "paper, no epoch given (TinyImageNet)"
@@ -305,7 +277,7 @@ def _text_marks(ax, rows:pd.DataFrame, colors:dict, x:str):
 
 def _run_text(axes, main:pd.DataFrame, paper:Paper, x:str, colors:dict):
     "The prose numbers of IV.A.1–2 on fig_accuracy's top-1 and top-5 panels."
-    text = paper_text(paper)
+    text = paper.main_run_text
     for ax, k in zip(axes.flat, (1, 5)):
         _text_marks(ax, text[text.metric.isin([f"train_top{k}", f"val_top{k}", "peak_epoch"])], colors, x)
 
@@ -615,7 +587,7 @@ def _paper_number(claim:Claim, variant:str|None, paper:Paper) -> str:
     "The paper's number for one side of `claim`, as printed (relation, epoch), from data/paper/; '' where it gives none."
     if claim.metric == "peak_progress":
         if variant is None:   # the threshold: main_run_text.csv's "before the 60th epoch"
-            r = (t := paper_text(paper))[t.metric == "peak_epoch"].iloc[0]
+            r = (t := paper.main_run_text)[t.metric == "peak_epoch"].iloc[0]
             return f"{r.relation}epoch {r.value:g} of {PAPER_EPOCHS} ({r.value/PAPER_EPOCHS:.3f})"
         e = paper.peak_metrics.set_index("metric").loc["peak_epoch"]
         return f"epoch {e['mean']:g} ± {e['std']:g} of {PAPER_EPOCHS} ({e['mean']/PAPER_EPOCHS:.3f})"

@@ -168,7 +168,8 @@ PAPER_COLUMNS = {
     "peak_metrics": "metric mean std unit",
     "epoch_summary": "table epoch lr confidence momentum ema_decay ema_decay_reading train_top1 train_top5 val_top1 val_top5 note",
     "comparison": "model val_top1 params_m vram_text vram_gb training_time_text hardware speed_vs_p100_text speed_vs_p100 ref is_ours",
-    "ablations": "section ablation variant head aug depth metric relation value unit epoch batch_size quote"}
+    "ablations": "section ablation variant head aug depth metric relation value unit epoch batch_size quote",
+    "main_run_text": "section metric relation value unit epoch quote flag"}
 
 @dataclass
 class Paper:
@@ -177,6 +178,7 @@ class Paper:
     epoch_summary:pd.DataFrame  # IV.A.4: LR, confidence, momentum, EMA decay, accuracies at 10 epochs
     comparison:pd.DataFrame     # IV.A.5: comparison with other models
     ablations:pd.DataFrame      # IV.B-E: every number of the ablation studies (`ablation`: a study, `variant`: its variant)
+    main_run_text:pd.DataFrame  # IV.A.1-2: the numbers of the prose; `flag` says where the paper's own tables contradict one ('' elsewhere)
 
 def repo_root(start:Path|str=".") -> Path:
     "The nearest folder at or above `start` holding settings.ini: the qonstraint checkout."
@@ -196,6 +198,7 @@ def load_paper(path:Path|str|None=None  # folder of the paper's CSVs; None: data
         frames[name] = pd.read_csv(f)
         if missing := [c for c in columns.split() if c not in frames[name].columns]:
             raise QonstraintError(f"{f} lacks the column(s) {', '.join(missing)}; data/paper/README.md describes the files.")
+    frames["main_run_text"]["flag"] = frames["main_run_text"].flag.fillna("")
     return Paper(**frames)
 
 # %% ../nbs/15_studies.ipynb 34
