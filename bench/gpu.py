@@ -29,7 +29,7 @@ bench/results/<gpu>-<date>.json, cpu-<date>.json without a GPU). An option that 
 others go on; an option the time budget leaves no time for is recorded as skipped, never left out.
 
 FLOPs: training 6 × MACs per image (a forward is 2 FLOPs per MAC, its backward twice the forward), evaluation 2 × MACs, with
-the MACs of `qonstraint.model.count_macs` (one forward); checkpoint_stages' recomputation is not counted. Peak memory:
+the MACs of `qonstraint.budget.count_macs` (one forward); checkpoint_stages' recomputation is not counted. Peak memory:
 `torch.cuda.max_memory_allocated` during the option less what was allocated before it (the synthetic data), beside
 `estimate_memory(cfg, batch, amp, swa=False, checkpoint_stages)`.total (these steps keep an EMA copy but no SWA copy).
 """
@@ -50,7 +50,8 @@ from qonstraint.core import QonstraintError, amp_policy, get_device, loader_seed
 from qonstraint.data import Split, usable_cores
 from qonstraint.device_augment import DeviceAugment, DeviceMix, device_batches
 from qonstraint.distributed import wrap_ddp
-from qonstraint.model import PRESETS, Qonstraint, count_macs, estimate_memory
+from qonstraint.model import PRESETS, Qonstraint
+from qonstraint.budget import count_macs, estimate_memory
 from qonstraint.runfolder import preset_network
 from qonstraint.step import build_trainer, compile_forward, compile_unavailable, time_steps
 from qonstraint.studies import load_paper

@@ -22,7 +22,8 @@ from qonstraint.controller import ConfidenceController, ControllerConfig, mix_pr
 from qonstraint.core import amp_policy, seed_worker
 from qonstraint.data import load_dataset
 from qonstraint.device_augment import DeviceAugment, DeviceMix, device_batches
-from qonstraint.model import Qonstraint, count_macs, estimate_memory
+from qonstraint.model import Qonstraint
+from qonstraint.budget import count_macs, estimate_memory
 from qonstraint.runfolder import preset_network
 from qonstraint.step import build_trainer, compile_forward, compile_unavailable, ddp_grad_check
 from qonstraint.testing import count_host_syncs

@@ -1,3 +1,3 @@
 __version__ = "0.1.0"
 
-from . import model  # registers the presets with timm
+from . import model, baselines  # registers the presets and vit_spt_lsa_tiny with timm

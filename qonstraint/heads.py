@@ -94,12 +94,13 @@ class SpatialAttentionGate(nn.Module):
 
 # %% ../nbs/08_heads.ipynb 23
 class Branches(NamedTuple):
-    "A head's output with `return_branches=True`: the fused logits and, for the SOTA head, its parts."
+    "A head's output with `return_branches=True`: the fused logits and, for the SOTA head, its parts (a distilled baseline: `dist`)."
     fused:torch.Tensor                     # B, num_classes: what `model(x)` returns
     transformer:torch.Tensor|None = None   # B, num_classes: transformer path
     conv:torch.Tensor|None = None          # B, num_classes: convolutional path
     aux:torch.Tensor|None = None           # B, num_classes: auxiliary path (the auxiliary loss's input)
     confidence:torch.Tensor|None = None    # B, 1: the fusion's c, detached
+    dist:torch.Tensor|None = None          # B, num_classes: a distillation token's logits (timm's distilled DeiT, `qonstraint.baselines`)
 
 def confidence_fusion(transformer:torch.Tensor,  # B, num_classes logits of the transformer path
                       conv:torch.Tensor,         # B, num_classes logits of the convolutional path

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .data import TINY_COUNTS, DataBundle, Split, load_dataset, usable_cores
-from .model import MemoryEstimate, estimate_memory
+from .budget import MemoryEstimate, estimate_memory
 from .step import MEMORY_SHARE, peak_mem_mb, time_steps
 from .train import Parts, Projection, TrainConfig, build_run, eval_loader, faster_options, time_budget, train_batches
 

@@ -17,7 +17,8 @@ from timm.utils import ModelEmaV3
 from .controller import ConfidenceController, ControlState
 from .core import AmpPolicy, QonstraintError, amp_policy
 from .distributed import reduce_sum, wrap_ddp
-from .model import Qonstraint, QonstraintConfig, estimate_memory
+from .model import Qonstraint, QonstraintConfig
+from .budget import estimate_memory
 from .runfolder import preset_network
 
 # %% auto 0
