@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test figures grid bench bench-gpu clean
+.PHONY: install demo test figures grid grid-baselines bench bench-gpu clean
 
 # a virtual environment with the package (editable) and its dev tools; redone when the requirements change
 $(VENV)/.installed: settings.ini setup.py
@@ -32,7 +32,15 @@ figures: install
 # the paper's whole ablation grid at CPU size (41 runs on digits: every cell at 2 seeds, main and controller at 3; two at a time, one thread each), logs shipped to data/runs/cpu/
 grid: install
 	mkdir -p runs && OMP_NUM_THREADS=1 $(BIN)/papermill nbs/experiments.ipynb runs/experiments-cpu.ipynb --cwd nbs \
-	  -p size cpu -p execute True -p ship True -p workers 2 -y "ablation_seeds: [0, 1]"
+	  -p size cpu -p execute True -p ship True -p workers 2 -y "ablation_seeds: [0, 1]" \
+	  -y "studies: [main, controller, stem, depth, version, head]"
+
+# the baselines study at CPU size (16 runs on digits, 12 epochs, seed 0: Qonstraint 5.9 and tiny, ResNet-18, MobileNetV2,
+# MobileViT-XXS, DeiT-Tiny, the SPT/LSA ViT, each with the controller on and off, and a distilled DeiT-Tiny), logs shipped to data/baselines/cpu/
+grid-baselines: install
+	mkdir -p runs && OMP_NUM_THREADS=1 $(BIN)/papermill nbs/experiments.ipynb runs/experiments-baselines.ipynb --cwd nbs \
+	  -p size cpu -p execute True -p ship True -p workers 2 -p out_dir ../runs/grid-baselines -p ship_dir ../data/baselines/cpu \
+	  -y "studies: [baselines]" -y "seeds: [0]" -y "overrides: {epochs: 12}"
 
 # the speed benchmarks: a table, the machine, one JSON line (a few minutes on 2 CPU cores; --full for larger sizes)
 bench: install

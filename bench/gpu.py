@@ -52,7 +52,7 @@ from qonstraint.device_augment import DeviceAugment, DeviceMix, device_batches
 from qonstraint.distributed import wrap_ddp
 from qonstraint.model import PRESETS, Qonstraint
 from qonstraint.budget import count_macs, estimate_memory
-from qonstraint.runfolder import preset_network
+from qonstraint.baselines import network_config
 from qonstraint.step import build_trainer, compile_forward, compile_unavailable, time_steps
 from qonstraint.studies import load_paper
 
@@ -119,12 +119,12 @@ def paper_batches() -> dict:
 
 
 @cache
-def macs(preset:str) -> int: return count_macs(preset_network(preset, NUM_CLASSES))
+def macs(preset:str) -> int: return count_macs(network_config(preset, NUM_CLASSES))
 
 @cache
 def estimate_mib(preset:str, batch:int, amp:bool, checkpoint:bool) -> float:
     "`estimate_memory`'s total for one training step with an EMA copy and no SWA copy, MiB."
-    return estimate_memory(preset_network(preset, NUM_CLASSES), batch, amp=amp, swa=False, checkpoint_stages=checkpoint).total/2**20
+    return estimate_memory(network_config(preset, NUM_CLASSES), batch, amp=amp, swa=False, checkpoint_stages=checkpoint).total/2**20
 
 
 def synthetic_data(n:int, device:torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,7 +145,7 @@ def control_state(stochastic:bool) -> ControlState:
 def make_trainer(opt:dict, device:torch.device, ddp:bool=False):
     "A fresh network of the option's preset and the `Trainer` of its step, set up as the option says, in training mode."
     seed_everything(0)                                         # as the training does (cuDNN deterministic, no benchmark mode)
-    model = Qonstraint(preset_network(opt["preset"], NUM_CLASSES))
+    model = Qonstraint(network_config(opt["preset"], NUM_CLASSES))
     model.set_grad_checkpointing(opt["checkpoint"])
     s = control_state(opt["kind"] == "stochastic")
     t = build_trainer(model, device, amp_policy(device, opt["amp"]), lr=s.lr, betas=(0.92, 0.999), weight_decay=5e-5,
@@ -194,7 +194,7 @@ def eval_seconds(opt:dict, data:dict, device:torch.device) -> float:
     "Seconds per evaluation batch: the network's forward in eval mode under no_grad and autocast, on normalised device batches."
     seed_everything(0)
     layout = torch.channels_last if opt["channels_last"] else torch.contiguous_format
-    model = Qonstraint(preset_network(opt["preset"], NUM_CLASSES)).to(device, memory_format=layout).eval()
+    model = Qonstraint(network_config(opt["preset"], NUM_CLASSES)).to(device, memory_format=layout).eval()
     amp, images, B = amp_policy(device, opt["amp"]), data["images"], opt["batch"]
     mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (TINYIMAGENET_MEAN, TINYIMAGENET_STD))
     def batches():   # the val transform's work on the device: 64 × 64 already, so only scaling and normalising

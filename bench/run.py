@@ -24,7 +24,7 @@ from qonstraint.data import load_dataset
 from qonstraint.device_augment import DeviceAugment, DeviceMix, device_batches
 from qonstraint.model import Qonstraint
 from qonstraint.budget import count_macs, estimate_memory
-from qonstraint.runfolder import preset_network
+from qonstraint.baselines import network_config
 from qonstraint.step import build_trainer, compile_forward, compile_unavailable, ddp_grad_check
 from qonstraint.testing import count_host_syncs
 
@@ -63,7 +63,7 @@ def bench_augmentation(batch:int, repeat:int) -> dict:
 def tiny_trainer(compile:bool=False):
     "The `Trainer` that `fit` builds for the tiny preset (aggressive stem) on digits, on the CPU, with the paper's AdamW settings."
     torch.manual_seed(0)
-    cpu, model = torch.device("cpu"), Qonstraint(preset_network("tiny", 10, stem="aggressive"))
+    cpu, model = torch.device("cpu"), Qonstraint(network_config("tiny", 10, stem="aggressive"))
     t = build_trainer(model, cpu, amp_policy(cpu), lr=5e-4, betas=(0.92, 0.999), weight_decay=5e-5, grad_clip=1.0, warmup_steps=0,
                       ema_decay=ConfidenceController(70).state.ema_decay)
     if compile: t.forward, _ = compile_forward(t.forward, cpu)

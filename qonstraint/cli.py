@@ -93,11 +93,14 @@ def add_figures_args(p:argparse.ArgumentParser):
     "The arguments of `qonstraint figures`."
     p.add_argument("runs_dir", help="folder of run folders, searched recursively (e.g. data/runs)")
     p.add_argument("--out", default="figures", help="folder for the figures (PNG) and tables (CSV + Markdown); default: figures")
+    p.add_argument("--baselines", help="folder of the baselines study's run folders, for the comparison table and figure (e.g. "
+                                       "data/baselines); default: RUNS_DIR")
 
 def figures_command(args:argparse.Namespace) -> int:
     "Run `qonstraint figures`: write what the runs allow; one line for each figure or table they do not."
     out = Path(args.out)
-    written, skipped = write_outputs(load_runs(args.runs_dir), load_paper(), out)   # creates `out`
+    baselines = load_runs(args.baselines) if args.baselines else None
+    written, skipped = write_outputs(load_runs(args.runs_dir), load_paper(), out, baselines=baselines)   # creates `out`
     for name, why in skipped.items(): print(f"qonstraint figures: skipped {name}: {why.replace(ADD_RUNS, '').strip()}", file=sys.stderr)
     if skipped: print(f"qonstraint figures: {ADD_RUNS}", file=sys.stderr)
     print(f"wrote {len(written)} files into {out}: {' '.join(p.name for p in written)}")

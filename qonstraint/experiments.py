@@ -13,12 +13,13 @@ import pandas as pd
 
 from .core import QonstraintError, check_choice
 from .model import PRESETS
+from .baselines import is_baseline
 from .runfolder import CONFIG_FILE, LOG_FILES, find_run_dirs, read_json, run_state, write_json
-from .studies import PAPER_RECIPE, STUDIES, study_runs
+from .studies import GRID_TEACHER, PAPER_RECIPE, STUDIES, study_runs
 
 # %% auto 0
-__all__ = ['SIZES', 'MIN_MINUTES', 'TRAIN_NB', 'PATH_FIELDS', 'scaled_widths', 'run_name', 'GridRun', 'paper_grid',
-           'papermill_run', 'run_grid', 'portable_config', 'export_logs']
+__all__ = ['SIZES', 'UNSCALED', 'MIN_MINUTES', 'TRAIN_NB', 'PATH_FIELDS', 'scaled_widths', 'run_name', 'GridRun', 'paper_grid',
+           'grid_teacher', 'papermill_run', 'run_grid', 'portable_config', 'export_logs']
 
 # %% ../nbs/16_experiments.ipynb 5
 SIZES = {
@@ -26,6 +27,8 @@ SIZES = {
     "cpu": dict(dataset="digits", epochs=30, batch_size=64, lr=1e-3, min_lr=1e-4, max_lr=1.2e-3, num_workers=0,
                 device="cpu", controller={"explore_epochs": 4}, model={"img_size": 32}, width=1/8),
 }
+
+UNSCALED = ("tiny",)   # presets CPU-sized already: a size's `width` leaves them as they are
 
 def scaled_widths(preset:str, width:float) -> dict:
     "`QonstraintConfig` overrides that scale a preset's channel widths by `width` (multiples of its attention heads)."
@@ -35,9 +38,11 @@ def scaled_widths(preset:str, width:float) -> dict:
 
 # %% ../nbs/16_experiments.ipynb 9
 def run_name(cfg:dict, width:float|None=None) -> str:
-    "A grid run's folder name, from the fields the grid varies."
-    depths = cfg.get("model", {}).get("depths")
-    return "-".join([cfg["preset"], cfg["head"], cfg["stem"], cfg["aug"]] + ([f"d{''.join(map(str, depths))}"] if depths else [])
+    "A grid run's folder name, from the fields the grid varies (a baseline: its name, no head, stem or width; a student: `kd` and how)."
+    depths, baseline = cfg.get("model", {}).get("depths"), is_baseline(cfg["preset"])
+    net = [cfg["preset"].replace(":", "-")] if baseline else [cfg["preset"], cfg["head"], cfg["stem"]]
+    return "-".join(net + [cfg["aug"]] + ([f"d{''.join(map(str, depths))}"] if depths else [])
+                    + ([f"kd{cfg.get('distill', 'soft')}"] if cfg.get("teacher") else [])
                     + ([] if cfg.get("randaugment", True) else ["norandaug"])
                     + (["mixup"] if tuple(cfg.get("mix_modes", ())) == ("mixup",) else [])
                     + (["off"] if cfg.get("controller") == "off" else [])
@@ -66,11 +71,23 @@ def paper_grid(size:str="cpu",          # "paper" | "cpu" (see `SIZES`)
     for cfg, in_studies in study_runs(seeds, recipe):
         cfg = cfg | base
         if paper_controller and cfg["controller"] == "paper": cfg["controller"] = paper_controller   # the size's constants
-        cfg["model"] = (scaled_widths(cfg["preset"], width) if width else {}) | size_model | cfg.get("model", {})
-        name = run_name(cfg, width)
+        scaled = width if cfg["preset"] in PRESETS and cfg["preset"] not in UNSCALED else None   # a baseline is trained as timm builds it
+        cfg["model"] = (scaled_widths(cfg["preset"], scaled) if scaled else {}) | size_model | cfg.get("model", {})
+        name = run_name(cfg, scaled)
         in_studies = tuple(dict.fromkeys((runs[name].studies if name in runs else ()) + in_studies))  # overrides may merge runs
         runs[name] = GridRun(name, in_studies, cfg | dict(run_name=name))
+    for r in runs.values():
+        if r.config.get("teacher") == GRID_TEACHER: r.config["teacher"] = grid_teacher(list(runs.values()), r)
     return list(runs.values())
+
+def grid_teacher(grid:list[GridRun], student:GridRun) -> str:
+    "The name of the grid run that `GRID_TEACHER` means for `student`: its preset, the paper's controller, the same seed, no teacher."
+    preset = GRID_TEACHER.split(":", 1)[1]
+    found = [r.name for r in grid if r.config["preset"] == preset and r.config.get("controller") != "off" and not r.config.get("teacher")
+             and r.config["seed"] == student.config["seed"] and set(r.studies) & set(student.studies)]
+    if not found: raise QonstraintError(f"{student.name} learns from the grid's {preset} run, which this grid lacks. Fix: keep the "
+                                        f"{preset} variant in the grid's studies.")
+    return found[0]
 
 # %% ../nbs/16_experiments.ipynb 16
 MIN_MINUTES = 5  # a run is not started with less time than this left in the grid's budget
@@ -104,22 +121,25 @@ def run_grid(grid:list[GridRun],    # from `paper_grid`
                               f"{', '.join(plan.run[plan.state == 'broken'])}. Fix: look at them, then delete or move them "
                               "away and run the grid again (nothing was trained).")
     if dry_run: return plan
-    t0 = time.time()
+    t0, names = time.time(), {r.name for r in grid}
     def train(r:GridRun, action:str):
         params = r.config | dict(out_dir=str(out_dir), resume=action == "resume")
+        if params.get("teacher") in names: params["teacher"] = str(out_dir/params["teacher"])   # a run of this grid
         if max_minutes is not None:  # each run gets what is left of the budget; none starts with under MIN_MINUTES
             left = max_minutes - (time.time() - t0)/60
             if left < MIN_MINUTES: return
             params["max_minutes"] = left
         execute(params, out_dir)
     todo = [(r, a) for r, a in zip(grid, plan.action) if a != "skip"]
-    with ThreadPoolExecutor(workers) as pool:   # started in the grid's order; the first error is raised once the others end
-        list(pool.map(lambda todo_one: train(*todo_one), todo))
+    taught = lambda r: r.config.get("teacher") in names
+    for wave in ([t for t in todo if not taught(t[0])], [t for t in todo if taught(t[0])]):   # students once their teachers are done
+        with ThreadPoolExecutor(workers) as pool:   # started in the grid's order; the first error is raised once the others end
+            list(pool.map(lambda todo_one: train(*todo_one), wave))
     plan["state_after"] = [run_state(out_dir/r.name) for r in grid]
     return plan
 
 # %% ../nbs/16_experiments.ipynb 24
-PATH_FIELDS = ("out_dir", "data_dir", "init_from")   # TrainConfig fields that hold paths
+PATH_FIELDS = ("out_dir", "data_dir", "init_from", "teacher")   # TrainConfig fields that hold paths
 
 def portable_config(config:dict, run_dir:Path) -> dict:
     "`config` with its absolute paths (`PATH_FIELDS`) made relative to `run_dir`, the folder it was written in."

@@ -4,7 +4,7 @@
 
 # %% ../nbs/17_figures.ipynb 2
 from __future__ import annotations
-import functools, math
+import functools, json, math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +15,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from .augment import AUG_LEVELS
-from .controller import ControllerConfig, confidence, reward_of
+from .controller import CONTROLLERS, ControllerConfig, confidence, reward_of
 from .core import QonstraintError, atomic_write, check_choice
-from .model import PRESETS
+from .baselines import BASELINES, config_from_json
+from .budget import count_macs
 from .runfolder import ADD_RUNS, LOG_FILES, Run, find_run_dirs, read_run
 from .studies import HEAD_CELLS, HEAD_DEPTHS, STUDIES, Paper, flatten, head_depth, load_paper
 
@@ -25,19 +26,21 @@ from .studies import HEAD_CELLS, HEAD_DEPTHS, STUDIES, Paper, flatten, head_dept
 __all__ = ['PAPER_LABEL', 'PAPER_EPOCHS', 'PAPER_HEAD_LOW_EPOCHS', 'PAPER_LINE_LABEL', 'PAPER_RANGE_LABEL', 'FLAG_LABEL',
            'EVENT_MARKERS', 'PALETTE', 'X_AXES', 'HEAD_LINES', 'CURVES', 'fig_momentum', 'fig_accuracy', 'fig_loss',
            'fig_features', 'CONTROLLER_LABELS', 'ABLATION_PANELS', 'HEAD_PANELS', 'PEAK_STUDIES', 'PEAK_SOURCE',
-           'SUMMARY_COLUMNS', 'CLAIM_METRICS', 'VERDICTS', 'CLAIMS', 'DPI', 'FIGURES', 'TABLES', 'AT_PAPER_EPOCHS',
-           'run_rows', 'load_runs', 'select_runs', 'paper_run_epochs', 'data_label', 'with_x', 'paper_x', 'fig_lr',
-           'fig_confidence', 'fig_curves', 'fig_controller', 'fig_stem', 'fig_depth', 'fig_version', 'fig_heads',
-           'peak_metrics', 'table_peak', 'match_epoch', 'table_epoch_summary', 'table_comparison', 'Claim', 'judge',
-           'table_claims', 'save_figure', 'to_markdown', 'save_table', 'paper_axes', 'write_outputs']
+           'SUMMARY_COLUMNS', 'MODEL_TITLES', 'COMPARISON_COLUMNS', 'CLAIM_METRICS', 'VERDICTS', 'CLAIMS', 'DPI',
+           'FIGURES', 'TABLES', 'COMPARISON', 'AT_PAPER_EPOCHS', 'run_rows', 'load_runs', 'select_runs',
+           'paper_run_epochs', 'data_label', 'with_x', 'paper_x', 'fig_lr', 'fig_confidence', 'fig_curves',
+           'fig_controller', 'fig_stem', 'fig_depth', 'fig_version', 'fig_heads', 'peak_metrics', 'table_peak',
+           'match_epoch', 'table_epoch_summary', 'table_comparison', 'fig_comparison', 'Claim', 'judge', 'table_claims',
+           'save_figure', 'to_markdown', 'save_table', 'paper_axes', 'write_outputs']
 
 # %% ../nbs/17_figures.ipynb 6
 def run_rows(run:Run,          # a run folder's record, from `qonstraint.runfolder.read_run`
              root:Path|str     # the folder `run` names are relative to
             ) -> pd.DataFrame:
-    "One run as rows of (run, log.csv columns, config.json fields, `summary.` fields), a row per epoch."
+    "One run as rows of (run, log.csv columns, config.json fields, `summary.` fields, the network as JSON), a row per epoch."
     log = run.history
     config = {(f"config.{k}" if k in log.columns else k): v for k, v in flatten(run.config).items()}
+    config["network_json"] = json.dumps(run.config.get("network"))   # the recorded network whole (flattened, its numbers lose their types)
     meta = pd.DataFrame([{"run": run.dir.relative_to(root).as_posix()} | config | flatten(run.summary, "summary.")]*len(log))
     return pd.concat([meta[["run"]], log, meta.drop(columns="run")], axis=1)
 
@@ -174,7 +177,7 @@ def _selected(runs:pd.DataFrame, ablation:str) -> pd.DataFrame:
     "`select_runs`, or a QonstraintError naming the runs that are missing."
     sel = select_runs(runs, ablation)
     if sel.empty:
-        what = "main runs" if ablation == "main" else f"{ablation} ablation" if ablation != "controller" else "controller study"
+        what = "main runs" if ablation == "main" else f"{ablation} study" if ablation in ("controller", "baselines") else f"{ablation} ablation"
         raise QonstraintError(f"no runs for the {what}: it needs run folders whose config.json has {STUDIES[ablation].description}. {ADD_RUNS}")
     return sel
 
@@ -502,28 +505,75 @@ def table_epoch_summary(runs:pd.DataFrame, paper:Paper|None=None) -> pd.DataFram
     return pd.DataFrame(rows).astype({"runs": "Int64"})   # the paper does not say how many runs its tables show
 
 # %% ../nbs/17_figures.ipynb 70
-def _measured_row(g:pd.DataFrame, head:str, widths) -> dict:
-    "A comparison-table row for the main runs `g` (one head, dataset, device and width)."
+MODEL_TITLES = {"qonstraint_5_9": "Qonstraint 5.9", "tiny": "Qonstraint tiny", "mobilevit_xxs": "MobileViT-XXS", "deit_tiny": "DeiT-Tiny",
+                "deit_tiny_distilled": "DeiT-Tiny distilled", "vit_spt_lsa": "ViT + SPT/LSA"}   # others: their paper row, or their name
+COMPARISON_COLUMNS = ("model source network controller runs val_top1 val_top5 params_m gmacs s_per_epoch peak_mem epochs data "
+                      "device note").split()
+
+def _title(variant:str) -> str:
+    spec = BASELINES.get(variant)
+    return spec.paper_row if spec and spec.paper_row else MODEL_TITLES.get(variant, variant)
+
+@functools.lru_cache(maxsize=None)
+def _gmacs(network_json:str) -> float:
+    "MACs per image (G) of the network a run recorded (NaN for a run folder older than its `network` record)."
+    d = json.loads(network_json)
+    return np.nan if d is None else count_macs(config_from_json(d))/1e9
+
+def _measured(g:pd.DataFrame, variant:str, controller:str) -> dict:
+    "A comparison row of the runs `g` of one baselines-study variant, controller, budget, data and device."
     per_run, first = g.groupby("run"), g.drop_duplicates("run")
-    mem_gb, secs, n = per_run.peak_mem_mb.max().mean()/1024, per_run.epoch_seconds.mean().mean(), len(first)
+    peaks, size = peak_metrics(g), (json.loads(first.network_json.iloc[0]) or {}).get("img_size", "?")   # an older folder: no record
     kind = "process RSS" if str(first.device.iloc[0]).startswith("cpu") else "CUDA"
-    width = "" if widths == PRESETS["qonstraint_5_9"].embed_dims else f", embed_dims {widths}"
-    return dict(model=f"Qonstraint 5.9 (measured here, {head} head{width}, {n} run{'s'*(n > 1)})", val_top1=round(peak_metrics(g).val_top1.mean(), 2),
-                params_m=round(first["summary.params"].mean()/1e6, 3), vram_text=f"{mem_gb:.2f} GB peak {kind}", vram_gb=round(mem_gb, 2),
-                training_time_text=f"{secs:.1f} s/epoch, {'/'.join(map(str, sorted(set(first.epochs))))} epochs",
-                hardware=first.device.iloc[0], speed_vs_p100_text="", speed_vs_p100=np.nan, ref="measured here (run logs)",
-                is_ours=True, source="measured", data=data_label(g))
+    teacher = first.teacher.iloc[0] if "teacher" in first else None
+    return dict(model=_title(variant), source="measured here", network=variant, controller=controller, runs=len(first),
+                val_top1=round(peaks.val_top1.mean(), 2), val_top5=round(peaks.val_top5.mean(), 2),
+                params_m=round(first["summary.params"].mean()/1e6, 3), gmacs=round(_gmacs(first.network_json.iloc[0]), 4),
+                s_per_epoch=round(per_run.epoch_seconds.mean().mean(), 1), peak_mem=f"{per_run.peak_mem_mb.max().mean()/1024:.2f} GB {kind}",
+                epochs=int(first.epochs.iloc[0]), data=f"{data_label(g)}, {size}×{size}", device=first.device.iloc[0],
+                note=(f"taught ({first.distill.iloc[0]}) by {Path(teacher).name}" if isinstance(teacher, str) else ""))
+
+def _quoted(p:pd.Series) -> dict:
+    return dict(model=p.model, source="quoted: paper", network="", controller="", runs=np.nan, val_top1=p.val_top1, val_top5=np.nan,
+                params_m=p.params_m, gmacs=np.nan, s_per_epoch=np.nan, peak_mem=p.vram_text, epochs=np.nan, data="TinyImageNet",
+                device=p.hardware, note=f"{p.training_time_text}; {p.ref}")
 
 def table_comparison(runs:pd.DataFrame, paper:Paper|None=None) -> pd.DataFrame:
-    "The paper's comparison table (IV.A.5), with our measured main runs added as rows (per head) that name their data."
-    main, paper = _selected(runs, "main"), paper or load_paper()
-    widths = main["model.embed_dims"] if "model.embed_dims" in main else pd.Series(np.nan, index=main.index)
-    main = main.assign(widths=[w if isinstance(w, tuple) else PRESETS["qonstraint_5_9"].embed_dims for w in widths],
-                       order=main.variant.map(STUDIES["main"].variants.index))
-    ours = [_measured_row(g, h, w) for (_, h, _, _, w), g in main.groupby(["order", "variant", "dataset", "device", "widths"], sort=True)]
-    return pd.concat([paper.comparison.assign(source="paper", data="TinyImageNet"), pd.DataFrame(ours)], ignore_index=True)
+    "The paper's quoted comparison (IV.A.5), each row followed by our measured rows of that model (the baselines study), then the models it lacks."
+    sel, paper = _selected(runs, "baselines"), paper or load_paper()
+    ctrl = ["off" if c == "off" else "paper" for c in sel.get("controller", pd.Series("paper", index=sel.index))]
+    sel = sel.assign(ctrl=ctrl, order=sel.variant.map(STUDIES["baselines"].variants.index), ctrl_order=[CONTROLLERS.index(c) for c in ctrl])
+    keys = ["order", "variant", "ctrl_order", "ctrl", "epochs", "dataset", "device", "network_json"]
+    measured = pd.DataFrame([_measured(g, v, c) for (_, v, _, c, *_), g in sel.groupby(keys, sort=True)])
+    rows = []
+    for _, p in paper.comparison.iterrows(): rows += [_quoted(p)] + measured[measured.model == p.model].to_dict("records")
+    rows += measured[~measured.model.isin(paper.comparison.model)].to_dict("records")
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS).astype({"runs": "Int64", "epochs": "Int64"})
 
-# %% ../nbs/17_figures.ipynb 76
+@_styled
+def fig_comparison(runs:pd.DataFrame, paper:Paper|None=None) -> Figure:
+    "Peak val top-1 against parameters and against MACs: the paper's quoted rows (hollow) and the measured ones (filled, by controller)."
+    t = table_comparison(runs, paper)
+    fig, axes = _figure("Comparison (IV.A.5): peak val top-1 against size and compute", runs, 1, 2, size=(6.4, 4.4),
+                        note="hollow: quoted by the paper (TinyImageNet, other papers' recipes); filled: measured here, one recipe "
+                             "(accuracies on different data are not comparable)")
+    quoted, measured = t[t.source != "measured here"], t[t.source == "measured here"]
+    colors = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(dict.fromkeys(measured.model))}
+    for ax, x, what in ((axes[0, 0], "params_m", "parameters (M)"), (axes[0, 1], "gmacs", "MACs per image (G)")):
+        if x == "params_m":
+            ax.scatter(quoted.params_m, quoted.val_top1, facecolors="none", edgecolors="grey", label="quoted (paper)")
+            for r in quoted.itertuples(): ax.annotate(r.model, (r.params_m, r.val_top1), fontsize=6, color="grey", xytext=(3, 2), textcoords="offset points")
+        for ctrl, marker in (("paper", "o"), ("off", "s")):
+            m = measured[measured.controller == ctrl]
+            ax.scatter(m[x], m.val_top1, c=[colors[v] for v in m.model], marker=marker, label=f"measured, controller {ctrl}")
+        for r in measured[measured.controller == "paper"].itertuples():
+            ax.annotate(r.model, (getattr(r, x), r.val_top1), fontsize=6, xytext=(3, -8), textcoords="offset points")
+        ax.set(xscale="log", xlabel=what, ylabel="peak val top-1 (%)",
+               title=what.split(" (")[0] + ("" if x == "params_m" else " (the paper quotes none)"))
+    _legend(axes[0, 0])
+    return fig
+
+# %% ../nbs/17_figures.ipynb 78
 @dataclass(frozen=True)
 class Claim:
     "A comparative claim of the paper: `a` `relation` `b` (two variants of `study`), or `a` `relation` `threshold`."
@@ -625,7 +675,7 @@ def table_claims(runs:pd.DataFrame, paper:Paper|None=None,
                          data=data_label(sel) if len(sel) else "no runs", quote=c.quote))
     return pd.DataFrame(rows).astype({"a_runs": "Int64", "b_runs": "Int64"})
 
-# %% ../nbs/17_figures.ipynb 84
+# %% ../nbs/17_figures.ipynb 86
 DPI = 100  # pixels per inch of the saved PNGs
 
 def save_figure(fig:Figure, path:Path|str) -> Path:
@@ -650,10 +700,10 @@ def save_table(df:pd.DataFrame, stem:Path|str) -> list[Path]:
 FIGURES = {"fig_lr": fig_lr, "fig_confidence": fig_confidence, "fig_momentum": fig_momentum, "fig_accuracy": fig_accuracy,
            "fig_loss": fig_loss, "fig_features": fig_features, "fig_controller": fig_controller, "fig_stem": fig_stem,
            "fig_depth": fig_depth, "fig_version": fig_version, "fig_heads": fig_heads}   # file name: function, in the paper's order
-TABLES = {"table_peak": table_peak, "table_epoch_summary": table_epoch_summary, "table_comparison": table_comparison,
-          "table_claims": table_claims}
+TABLES = {"table_peak": table_peak, "table_epoch_summary": table_epoch_summary, "table_claims": table_claims}
+COMPARISON = {"table_comparison": table_comparison, "fig_comparison": fig_comparison}   # made from the baselines study's runs
 
-# %% ../nbs/17_figures.ipynb 88
+# %% ../nbs/17_figures.ipynb 90
 AT_PAPER_EPOCHS = ("fig_lr", "fig_confidence", "fig_momentum", "fig_accuracy", "fig_controller", "fig_version", "fig_heads")
 
 def paper_axes(runs:pd.DataFrame) -> dict:
@@ -663,16 +713,18 @@ def paper_axes(runs:pd.DataFrame) -> dict:
     return {name: "progress" if name in AT_PAPER_EPOCHS and lengths != {PAPER_EPOCHS} else "epoch" for name in FIGURES}
 
 def write_outputs(runs:pd.DataFrame, paper:Paper, out:Path|str,
-                  x:str|dict="epoch"   # the curve figures' x axis: one for all, or figure name: "epoch" | "progress"
+                  x:str|dict="epoch",  # the curve figures' x axis: one for all, or figure name: "epoch" | "progress"
+                  baselines:pd.DataFrame|None=None  # the runs `COMPARISON` is made from; None: `runs`
                  ) -> tuple[list[Path], dict]:
     "Write every figure (PNG) and table (CSV, Markdown) `runs` allow into `out`; the files, and why each other one was not made."
     out, written, skipped = Path(out), [], {}
     out.mkdir(parents=True, exist_ok=True)
-    for name, make in (FIGURES | TABLES).items():
-        try: obj = make(runs, paper, x=x.get(name, "epoch") if isinstance(x, dict) else x) if name in FIGURES else make(runs, paper)
+    for name, make in (FIGURES | TABLES | COMPARISON).items():
+        try: obj = (make(runs, paper, x=x.get(name, "epoch") if isinstance(x, dict) else x) if name in FIGURES else
+                    make(runs if baselines is None or name not in COMPARISON else baselines, paper))
         except QonstraintError as e:
             skipped[name] = " ".join(str(e).split())                                # on one line
             for suffix in (".png", ".csv", ".md"): (out/f"{name}{suffix}").unlink(missing_ok=True)
             continue
-        written += [save_figure(obj, out/f"{name}.png")] if name in FIGURES else save_table(obj, out/name)
+        written += [save_figure(obj, out/f"{name}.png")] if isinstance(obj, Figure) else save_table(obj, out/name)
     return written, skipped

@@ -18,6 +18,7 @@ from .augment import val_transform
 from .core import QonstraintError, get_device
 from .data import resize_to_square
 from .model import Qonstraint
+from .baselines import Baseline, BaselineConfig
 from .runfolder import CONFIG_FILE, WEIGHT_FILES, load_network, read_classes, read_json, weights_file
 
 # %% auto 0
@@ -59,8 +60,8 @@ def preprocess(img, tfm, size:int=64) -> tuple[torch.Tensor, tuple|None]:
 
 # %% ../nbs/18_inference.ipynb 12
 class Predictor:
-    "A trained Qonstraint with its classes and preprocessing: images in, top-k named classes out."
-    def __init__(self, model:Qonstraint,
+    "A trained network (a `Qonstraint` or a baseline) with its classes and preprocessing: images in, top-k named classes out."
+    def __init__(self, model:Qonstraint|Baseline,
                  classes:list[str],          # class ids, in the order of the model's outputs
                  class_names:list[str],      # human-readable names, same order
                  mean:tuple, std:tuple,      # the training data's per-channel mean and std, in [0, 1]
@@ -97,7 +98,9 @@ class Predictor:
         return cls.from_files(weights_file(run_dir, weights), Path(run_dir)/CONFIG_FILE, **kwargs)
 
     def __repr__(self):
-        return (f"Predictor({self.model.cfg.head} head, {len(self.classes)} classes, weights {self.weights!r}, "
+        c = self.model.cfg
+        net = f"timm {c.timm_name}" if isinstance(c, BaselineConfig) else f"{c.head} head"
+        return (f"Predictor({net}, {len(self.classes)} classes, weights {self.weights!r}, "
                 f"{self.img_size}×{self.img_size} input, device {self.device})")
 
 # %% ../nbs/18_inference.ipynb 14

@@ -13,6 +13,7 @@ import torch
 
 from .data import TINY_COUNTS, DataBundle, Split, load_dataset, usable_cores
 from .budget import MemoryEstimate, estimate_memory
+from .model import QonstraintConfig
 from .step import MEMORY_SHARE, peak_mem_mb, time_steps
 from .train import Parts, Projection, TrainConfig, build_run, eval_loader, faster_options, time_budget, train_batches
 
@@ -125,8 +126,9 @@ def plan(cfg:TrainConfig,
         if p.device.type == "cuda": torch.cuda.reset_peak_memory_stats(p.device)
         step_s, n, eval_s = _timed(p, seconds, max_steps)
         peak, device, compiled = peak_mem_mb(p.device), p.device, p.compiled
+        known = isinstance(p.model.cfg, QonstraintConfig)    # the stages checkpointing recomputes: known for Qonstraint, not baselines
         est, checkpointed = (estimate_memory(p.model.cfg, one.batch_size, amp=p.amp.enabled, checkpoint_stages=ck)
-                             for ck in (cfg.checkpoint_stages, True))
+                             for ck in (cfg.checkpoint_stages and known, known))
         ran = replace(cfg, data_on_device=p.cfg.data_on_device)
     finally:
         del p
@@ -144,7 +146,8 @@ def fit_options(pl:Plan, device:torch.device, compiled:bool,
     "The options that would make the planned run fit the device's memory and its time budget."
     c, opts = pl.cfg, []
     if pl.fits_memory is False:
-        if not c.checkpoint_stages: opts.append(f"checkpoint_stages=True (estimated {checkpointed.total/2**30:.2f} GiB per process)")
+        if not c.checkpoint_stages and checkpointed.checkpoint_stages:   # estimated (a Qonstraint)
+            opts.append(f"checkpoint_stages=True (estimated {checkpointed.total/2**30:.2f} GiB per process)")
         opts.append(f"batch_size={pl.largest_batch} or less" if pl.largest_batch else "a smaller network: not even one image fits")
         opts.append("more devices (devices=N shares each batch among N GPUs)")
     if pl.projection.fits is False:

@@ -5,7 +5,7 @@
 # %% ../nbs/11_runfolder.ipynb 2
 from __future__ import annotations
 import csv, json, os, subprocess, warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +17,15 @@ import qonstraint
 from .controller import ControlState
 from .core import QonstraintError, atomic_write, check_choice
 from .data import load_dataset
-from .model import Qonstraint, QonstraintConfig, preset_config
+from .model import Qonstraint, QonstraintConfig
+from .baselines import Baseline, BaselineConfig, config_from_json, network_config
 
 # %% auto 0
 __all__ = ['CONFIG_FILE', 'CLASSES_FILE', 'LOG_FILE', 'SUMMARY_FILE', 'LOG_FILES', 'WEIGHT_FILES', 'ADD_RUNS', 'LOG_COLUMNS',
-           'TIMING_COLUMNS', 'CKPT_FORMAT', 'write_json', 'read_json', 'log_row', 'RunLog', 'git_commit',
-           'preset_network', 'network_from_json', 'write_config', 'run_network', 'save_checkpoint', 'load_checkpoint',
-           'load_weights', 'Run', 'read_log', 'read_run', 'run_state', 'find_run_dirs', 'weights_file', 'load_network',
-           'build_network', 'upgrade_run', 'class_info', 'read_classes', 'write_classes_file']
+           'TIMING_COLUMNS', 'OPTIONAL_COLUMNS', 'CKPT_FORMAT', 'write_json', 'read_json', 'log_columns', 'log_row',
+           'RunLog', 'git_commit', 'write_config', 'run_network', 'save_checkpoint', 'load_checkpoint', 'load_weights',
+           'Run', 'read_log', 'read_run', 'run_state', 'find_run_dirs', 'weights_file', 'load_network', 'build_network',
+           'upgrade_run', 'class_info', 'read_classes', 'write_classes_file']
 
 # %% ../nbs/11_runfolder.ipynb 5
 CONFIG_FILE, CLASSES_FILE, LOG_FILE, SUMMARY_FILE = "config.json", "classes.json", "log.csv", "summary.json"
@@ -51,6 +52,9 @@ LOG_COLUMNS = ("epoch lr reward confidence momentum ema_decay label_smoothing dr
                "train_loss train_top1 train_top5 val_loss val_top1 val_top5 feat_mean feat_std epoch_seconds "
                "images_per_second peak_mem_mb event").split()
 TIMING_COLUMNS = ("epoch_seconds", "images_per_second", "peak_mem_mb")   # the columns that differ between identical runs
+OPTIONAL_COLUMNS = ("distill_loss",)   # after LOG_COLUMNS, in the runs that have them: a distilled student's mean distillation loss
+
+def log_columns(row:dict) -> list[str]: return [*LOG_COLUMNS, *[c for c in OPTIONAL_COLUMNS if c in row]]
 
 def log_row(epoch:int,
             s:ControlState,    # the settings the epoch trained with
@@ -69,7 +73,7 @@ def log_row(epoch:int,
                 aux_weight=s.aux_weight, train_loss=train["loss"], train_top1=train["top1"], train_top5=train["top5"],
                 val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"], feat_mean=val["feat_mean"],
                 feat_std=val["feat_std"], epoch_seconds=seconds, images_per_second=train["n"]/seconds,
-                peak_mem_mb=peak_mem_mb, event=";".join(events))
+                peak_mem_mb=peak_mem_mb, event=";".join(events)) | {c: train[c] for c in OPTIONAL_COLUMNS if c in train}
 
 # %% ../nbs/11_runfolder.ipynb 10
 class RunLog:
@@ -83,13 +87,14 @@ class RunLog:
         return pd.read_csv(self.path, keep_default_na=False) if self.path.is_file() else pd.DataFrame(columns=LOG_COLUMNS)
     def truncate(self, epoch:int):
         "Keep the rows up to `epoch` (a resumed run re-does the epochs after its checkpoint)."
-        kept = [r for r in self.rows() if int(r["epoch"]) <= epoch]
+        rows = self.rows()
+        kept = [r for r in rows if int(r["epoch"]) <= epoch]
         with atomic_write(self.path, "w") as f:
-            w = csv.DictWriter(f, LOG_COLUMNS, lineterminator="\n"); w.writeheader(); w.writerows(kept)
+            w = csv.DictWriter(f, log_columns(rows[0] if rows else {}), lineterminator="\n"); w.writeheader(); w.writerows(kept)
     def append(self, row:dict):
         new = not self.path.is_file()
         with open(self.path, "a", newline="") as f:
-            w = csv.DictWriter(f, LOG_COLUMNS, lineterminator="\n")
+            w = csv.DictWriter(f, log_columns(row), lineterminator="\n")
             if new: w.writeheader()
             w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
             f.flush(); os.fsync(f.fileno())
@@ -101,20 +106,7 @@ def git_commit() -> str|None:
                                text=True, timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError): return None
 
-def preset_network(preset:str, num_classes:int, head:str="sota", stem:str="soft",
-                   model:dict|None=None) -> QonstraintConfig: # `QonstraintConfig` overrides, e.g. {"depths": (2, 3, 5)}
-    "The network a preset names *today*, with a head, stem, class count and overrides."
-    return preset_config(preset, head=head, stem=stem, num_classes=num_classes, **(model or {}))   # JSON lists: QonstraintConfig makes them tuples
-
-def network_from_json(d:dict) -> QonstraintConfig:
-    "The `QonstraintConfig` that config.json's `network` records (JSON lists back to tuples)."
-    names = {f.name for f in fields(QonstraintConfig)}
-    if unknown := sorted(set(d) - names):
-        raise QonstraintError(f"config.json's network has field(s) {', '.join(unknown)} that this qonstraint "
-                              f"({qonstraint.__version__}) does not know. Fix: use the qonstraint version that wrote the run.")
-    return QonstraintConfig(**d)
-
-def write_config(run_dir:Path|str, settings:dict, network:QonstraintConfig, **facts) -> dict:
+def write_config(run_dir:Path|str, settings:dict, network:QonstraintConfig|BaselineConfig, **facts) -> dict:
     "Write config.json: the training `settings`, the resolved `network`, versions, git commit and `facts` (device, data, ...)."
     config = settings | dict(network=asdict(network), qonstraint_version=qonstraint.__version__, torch_version=torch.__version__,
                              git_commit=git_commit()) | facts
@@ -127,14 +119,14 @@ def _num_classes(config:dict, run_dir:Path) -> int:
     if "num_classes" in config.get("data", {}): return config["data"]["num_classes"]
     return len(read_json(run_dir/CLASSES_FILE, "Fix: copy classes.json from the run.")["classes"])
 
-def run_network(config:dict, run_dir:Path|str) -> QonstraintConfig:
+def run_network(config:dict, run_dir:Path|str) -> QonstraintConfig|BaselineConfig:
     "The network a run trained: config.json's `network`, or for an older run folder the preset as defined today (warned)."
-    if "network" in config: return network_from_json(config["network"])
+    if "network" in config: return config_from_json(config["network"])
     run_dir = Path(run_dir)
     warnings.warn(f"{run_dir/CONFIG_FILE} records no network (an older run folder): it is rebuilt from the preset "
                   f"{config['preset']!r} as defined today, which is right only if that preset is unchanged since the run. "
                   f"Fix: qonstraint.runfolder.upgrade_run({str(run_dir)!r}) records it once.", stacklevel=2)
-    return preset_network(config["preset"], _num_classes(config, run_dir), config.get("head", "sota"), config.get("stem", "soft"),
+    return network_config(config["preset"], _num_classes(config, run_dir), config.get("head", "sota"), config.get("stem", "soft"),
                           config.get("model"))
 
 # %% ../nbs/11_runfolder.ipynb 18
@@ -236,10 +228,10 @@ def weights_file(run_dir:Path|str, weights:str="final") -> Path:
                                  "train the run first; this folder holds no weights at all."))
     return path
 
-def load_network(weights:Path|str, config:dict, run_dir:Path|str) -> tuple[Qonstraint, str]:
+def load_network(weights:Path|str, config:dict, run_dir:Path|str) -> tuple[Qonstraint|Baseline, str]:
     "The network `config` (a run's config.json) describes, with the weights in the file `weights`, in eval mode; and which weights."
     state, which = load_weights(weights)
-    model = Qonstraint(run_network(config, run_dir))
+    model = run_network(config, run_dir).build()
     try: model.load_state_dict(state)
     except RuntimeError as e:
         raise QonstraintError(f"the weights in {weights} do not fit the network its config.json describes "
@@ -247,7 +239,7 @@ def load_network(weights:Path|str, config:dict, run_dir:Path|str) -> tuple[Qonst
                               + ("" if "network" in config else ", or the qonstraint version that trained it (its preset has changed)") + ".") from e
     return model.eval(), which
 
-def build_network(run_dir:Path|str, weights:str="final") -> Qonstraint:
+def build_network(run_dir:Path|str, weights:str="final") -> Qonstraint|Baseline:
     "The run's own network, with its `weights` (final, best or last), in eval mode."
     path = weights_file(run_dir, weights)
     return load_network(path, read_json(Path(run_dir)/CONFIG_FILE, "Fix: pass a run folder written by qonstraint training."), run_dir)[0]

@@ -17,15 +17,16 @@ from timm.utils import ModelEmaV3
 from .controller import ConfidenceController, ControlState
 from .core import AmpPolicy, QonstraintError, amp_policy
 from .distributed import reduce_sum, wrap_ddp
-from .model import Qonstraint, QonstraintConfig
+from .model import QonstraintConfig
 from .budget import estimate_memory
-from .runfolder import preset_network
+from .baselines import network_config
+from .heads import Branches
 
 # %% auto 0
-__all__ = ['MEMORY_SHARE', 'soft_cross_entropy', 'hardness_weights', 'training_loss', 'topk_correct', 'epoch_totals',
-           'TrainForward', 'make_optimizer', 'StepEma', 'step_if_finite', 'Trainer', 'evaluate', 'build_trainer',
-           'synchronize', 'time_steps', 'compile_unavailable', 'compile_forward', 'memory_advice', 'peak_mem_mb',
-           'ddp_grad_check']
+__all__ = ['DISTILL_KINDS', 'MEMORY_SHARE', 'soft_cross_entropy', 'hardness_weights', 'training_loss', 'distillation_loss',
+           'Distill', 'topk_correct', 'epoch_totals', 'TrainForward', 'make_optimizer', 'StepEma', 'step_if_finite',
+           'Trainer', 'evaluate', 'build_trainer', 'synchronize', 'time_steps', 'compile_unavailable',
+           'compile_forward', 'memory_advice', 'peak_mem_mb', 'ddp_grad_check']
 
 # %% ../nbs/13_step.ipynb 5
 def soft_cross_entropy(logits:torch.Tensor,  # B, C
@@ -48,6 +49,30 @@ def training_loss(out, target:torch.Tensor, smoothing:float, aux_weight:float) -
     return loss
 
 # %% ../nbs/13_step.ipynb 8
+DISTILL_KINDS = ("soft", "hard")
+
+def distillation_loss(student:torch.Tensor,  # B, C logits
+                      teacher:torch.Tensor,  # B, C logits of the same images
+                      kind:str="soft", tau:float=3.0) -> torch.Tensor:
+    "Soft: τ²·KL(teacher‖student) at temperature τ, batch-mean; hard: cross-entropy to the teacher's argmax."
+    if kind == "hard": return F.cross_entropy(student.float(), teacher.argmax(1))
+    log_s, log_t = (F.log_softmax(z.float()/tau, 1) for z in (student, teacher))
+    return F.kl_div(log_s, log_t, reduction="batchmean", log_target=True)*tau**2
+
+@dataclass
+class Distill:
+    "A teacher and how the student learns from it: `kind` (soft, hard), weight `alpha`, temperature `tau`."
+    teacher:torch.nn.Module    # a trained network, eval mode, frozen
+    kind:str = "soft"
+    alpha:float = 0.5
+    tau:float = 3.0
+
+    def term(self, out:Branches, x:torch.Tensor) -> torch.Tensor:
+        "The distillation loss of the student's branches `out` against the teacher's logits on the same images `x`."
+        with torch.no_grad(): t = self.teacher(x)                                      # B, C (under the caller's autocast)
+        return distillation_loss(out.dist if out.dist is not None else out.fused, t, self.kind, self.tau)
+
+# %% ../nbs/13_step.ipynb 12
 def topk_correct(logits:torch.Tensor, labels:torch.Tensor, ks=(1, 5)) -> torch.Tensor:
     "How many of `labels` are in the top-k of `logits`, for each k (a tensor on the logits' device)."
     top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices                 # B, k
@@ -59,8 +84,8 @@ def epoch_totals(sums:torch.Tensor, *counts:int) -> list[float]:
     return reduce_sum(torch.cat([sums, torch.tensor(counts, dtype=sums.dtype).to(sums.device)])).tolist()
 
 class TrainForward(torch.nn.Module):
-    "A `Qonstraint`'s training forward, every branch for the loss, as one module for DDP and `torch.compile` to wrap."
-    def __init__(self, model:Qonstraint):
+    "A network's training forward (a `Qonstraint` or a `Baseline`), every branch for the loss, as one module for DDP and `torch.compile` to wrap."
+    def __init__(self, model:torch.nn.Module):
         super().__init__()
         self.model = model
     def forward(self, x): return self.model.forward_head(self.model.forward_features(x), return_branches=True)  # B, 3, 64, 64 -> Branches
@@ -71,7 +96,7 @@ def make_optimizer(model:torch.nn.Module, device:torch.device, lr:float, betas:t
     groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=model.no_weight_decay())   # no decay, then decay
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused, foreach=not fused)
 
-# %% ../nbs/13_step.ipynb 10
+# %% ../nbs/13_step.ipynb 14
 def _ema_pairs(copy:torch.nn.Module, model:torch.nn.Module) -> tuple[list, list, list, list]:
     "The copy's and the model's tensors, in the same order: floating-point (copy, model), then the others (copy, model)."
     pairs = list(zip([*copy.parameters(), *copy.buffers()], [*model.parameters(), *model.buffers()]))
@@ -89,18 +114,18 @@ class StepEma(ModelEmaV3):
         torch._foreach_lerp_(copy_f, model_f, 1. - decay)                     # weights and running statistics
         if copy_o: torch._foreach_copy_(copy_o, model_o)                       # counters
 
-# %% ../nbs/13_step.ipynb 13
+# %% ../nbs/13_step.ipynb 17
 def step_if_finite(opt:torch.optim.Optimizer, norm:torch.Tensor):
     "`opt.step()`, skipped by the fused kernel itself (no host read) if `norm` is not finite: `found_inf`, as `GradScaler` passes it."
     opt.found_inf = (~torch.isfinite(norm)).float()
     try: opt.step()
     finally: del opt.found_inf
 
-# %% ../nbs/13_step.ipynb 15
+# %% ../nbs/13_step.ipynb 19
 @dataclass
 class Trainer:
     "The objects one training step touches."
-    model:Qonstraint            # the network; its weights are what checkpoints hold
+    model:torch.nn.Module       # the network (`Qonstraint` or `Baseline`); its weights are what checkpoints hold
     forward:torch.nn.Module     # its `TrainForward`, possibly wrapped in DDP and compiled
     opt:torch.optim.Optimizer
     scaler:torch.amp.GradScaler
@@ -111,6 +136,7 @@ class Trainer:
     warmup_steps:int
     step:int = 0
     memory_format:torch.memory_format = torch.preserve_format   # of the weights and each batch; channels_last on CUDA
+    distill:Distill|None = None  # distillation from a teacher, or none
 
     def __post_init__(self): self.params = list(self.model.parameters())   # for clipping: gathered once, not every step
 
@@ -121,15 +147,18 @@ class Trainer:
         self.model.set_drop_path(s.drop_path)
 
     def backward(self, x:torch.Tensor, target:torch.Tensor, s:ControlState) -> tuple:
-        "Forward and backward of one batch on the device (with the warm-up LR); returns the branches and the loss."
+        "Forward and backward of one batch on the device (with the warm-up LR); returns the branches, the loss and the distillation term (0 without)."
         if self.step < self.warmup_steps:
             for g in self.opt.param_groups: g["lr"] = s.lr*(self.step + 1)/self.warmup_steps
         with self.amp.autocast(self.device.type):
             out = self.forward(x)                                                      # Branches: B, C logits each
-            loss = training_loss(out, target, s.label_smoothing, s.aux_weight)
+            loss, kd = training_loss(out, target, s.label_smoothing, s.aux_weight), torch.zeros((), device=x.device)
+            if self.distill is not None:
+                kd = self.distill.term(out, x)
+                loss = (1 - self.distill.alpha)*loss + self.distill.alpha*kd
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        return out, loss
+        return out, loss, kd
 
     def update(self):
         "Clip the gradients, step (skipped, on the device, if they are not finite), update the EMA."
@@ -141,54 +170,59 @@ class Trainer:
         self.ema.update(self.model)
         self.step += 1
 
-# %% ../nbs/13_step.ipynb 17
+# %% ../nbs/13_step.ipynb 21
 @patch
 def train_step(self:Trainer, x:torch.Tensor, target:torch.Tensor, s:ControlState) -> torch.Tensor:
-    "One step on images `B, 3, 64, 64` and soft targets `B, C`; returns its loss·B, top-1 and top-5 hits and non-finite flag, on the device."
+    "One step on images `B, 3, 64, 64` and soft targets `B, C`; returns its loss·B, top-1 and top-5 hits, non-finite flag and distillation loss·B, on the device."
     x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
     target = target.to(self.device, non_blocking=True)
-    out, loss = self.backward(x, target, s)
+    out, loss, kd = self.backward(x, target, s)
     self.update()
-    loss = loss.detach()
+    loss, kd = loss.detach(), kd.detach().float()
     finite = torch.isfinite(loss)
-    return torch.cat([torch.where(finite, loss*len(x), 0.)[None], topk_correct(out.fused, target.argmax(1)).float(), (~finite)[None].float()])
+    return torch.cat([torch.where(finite, loss*len(x), 0.)[None], topk_correct(out.fused, target.argmax(1)).float(), (~finite)[None].float(),
+                      torch.where(finite, kd*len(x), 0.)[None]])
 
 @patch
 def train_epoch(self:Trainer, batches, s:ControlState) -> dict:
-    "One pass over `batches` of (images, soft targets); returns loss, top-1/5 (%), images, and the count of skipped non-finite steps."
+    "One pass over `batches` of (images, soft targets); returns loss, top-1/5 (%), images, the count of skipped non-finite steps (and the distillation loss)."
     self.forward.train()
-    sums, n = torch.zeros(4, device=self.device), 0  # loss·n, top-1 hits, top-5 hits, non-finite steps
+    sums, n = torch.zeros(5, device=self.device), 0  # loss·n, top-1 hits, top-5 hits, non-finite steps, distillation loss·n
     for x, target in batches:
         sums += self.train_step(x, target, s)
         n += len(x)
-    loss, top1, top5, bad, n = epoch_totals(sums, n)
-    return dict(loss=loss/n, top1=100*top1/n, top5=100*top5/n, n=int(n), nonfinite=int(bad))
+    loss, top1, top5, bad, kd, n = epoch_totals(sums, n)
+    return dict(loss=loss/n, top1=100*top1/n, top5=100*top5/n, n=int(n), nonfinite=int(bad)) | (dict(distill_loss=kd/n) if self.distill else {})
 
 @torch.no_grad()
 def evaluate(model:torch.nn.Module, loader, device:torch.device, amp) -> dict:
-    "Loss, top-1/5 (%) and the mean and std of the backbone's `high_feat` over `loader` (and over every process's share, under DDP)."
+    "Loss, top-1/5 (%) and the mean and std of the features (`model.feat_stats`) over `loader` (and over every process's share, under DDP)."
     model.eval()
     sums, n, batches = torch.zeros(5, device=device), 0, 0  # loss·n, top-1, top-5, feat mean and std summed over batches
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with amp.autocast(device.type): logits = model(x)
         sums += torch.cat([F.cross_entropy(logits.float(), y, reduction="sum")[None], topk_correct(logits, y).float(),
-                           torch.stack(model.feat_stats).float()])                      # feat_stats: of high_feat
+                           torch.stack(model.feat_stats).float()])                      # Qonstraint: of high_feat; a baseline: of its features
         n, batches = n + len(x), batches + 1
     loss, top1, top5, fm, fs, n, batches = epoch_totals(sums, n, batches)
     return dict(loss=loss/n, top1=100*top1/n, top5=100*top5/n, feat_mean=fm/batches, feat_std=fs/batches)
 
-# %% ../nbs/13_step.ipynb 19
-def build_trainer(model:Qonstraint, device:torch.device, amp:AmpPolicy, lr:float, betas:tuple, weight_decay:float,
+# %% ../nbs/13_step.ipynb 23
+def build_trainer(model:torch.nn.Module, device:torch.device, amp:AmpPolicy, lr:float, betas:tuple, weight_decay:float,
                   grad_clip:float, warmup_steps:int, ema_decay:float,
-                  channels_last:bool|None=None) -> Trainer:   # None: on CUDA only
-    "A `Trainer` for `model` on `device`: its training forward, fused AdamW, the AMP scaler and the EMA of its weights."
+                  channels_last:bool|None=None,   # None: on CUDA only
+                  distill:Distill|None=None) -> Trainer:
+    "A `Trainer` for `model` on `device`: its training forward, fused AdamW, the AMP scaler, the EMA of its weights (and a teacher)."
     layout = torch.channels_last if (device.type == "cuda" if channels_last is None else channels_last) else torch.preserve_format
     model = model.to(device, memory_format=layout)
+    if distill is not None:
+        distill.teacher.to(device, memory_format=layout).eval().requires_grad_(False)
+        if getattr(model, "has_dist_token", False): model.net.set_distilled_training(True)   # DeiT: its distillation token's logits apart
     return Trainer(model, TrainForward(model), make_optimizer(model, device, lr, betas, weight_decay), amp.make_scaler(device.type),
-                   StepEma(model, decay=ema_decay), amp, device, grad_clip, warmup_steps, memory_format=layout)  # the EMA copies the model in its layout
+                   StepEma(model, decay=ema_decay), amp, device, grad_clip, warmup_steps, memory_format=layout, distill=distill)  # the EMA copies the model in its layout
 
-# %% ../nbs/13_step.ipynb 24
+# %% ../nbs/13_step.ipynb 30
 def synchronize(device:torch.device):
     "Wait until `device` has finished the work queued on it (CUDA); nothing to wait for elsewhere."
     if device.type == "cuda": torch.cuda.synchronize(device)
@@ -205,7 +239,7 @@ def time_steps(step:Callable,               # called with each batch
     synchronize(device)
     return (time.perf_counter() - start)/steps
 
-# %% ../nbs/13_step.ipynb 27
+# %% ../nbs/13_step.ipynb 33
 def compile_unavailable(device:torch.device) -> str|None:
     "Why `torch.compile` cannot run on `device` here, or None if it can."
     if not torch._dynamo.is_dynamo_supported(): return f"torch.compile does not support Python {sys.version.split()[0]} on this platform"
@@ -218,12 +252,13 @@ def compile_forward(forward:torch.nn.Module, device:torch.device) -> tuple[torch
     warnings.warn(f"compile=True, but {why}: training runs eagerly (same results, slower).", stacklevel=2)
     return forward, False
 
-# %% ../nbs/13_step.ipynb 30
+# %% ../nbs/13_step.ipynb 36
 MEMORY_SHARE = 0.9   # of a device's memory that a step's estimate may take (the rest: allocator, workspaces, fragmentation)
 
-def memory_advice(model_cfg:QonstraintConfig, batch:int, device:torch.device, amp:AmpPolicy, checkpoint_stages:bool) -> str|None:
+def memory_advice(model_cfg, batch:int, device:torch.device, amp:AmpPolicy, checkpoint_stages:bool) -> str|None:
     "On a GPU: a warning when the estimated memory of a step of `batch` images exceeds `MEMORY_SHARE` (90 %) of the card's, naming what lowers it."
     if device.type != "cuda": return None
+    checkpoint_stages &= isinstance(model_cfg, QonstraintConfig)     # a baseline's checkpointing is not estimated: an upper bound
     est = estimate_memory(model_cfg, batch, amp=amp.enabled, checkpoint_stages=checkpoint_stages)
     card = torch.cuda.get_device_properties(device).total_memory
     if est.total <= MEMORY_SHARE*card: return None
@@ -236,8 +271,8 @@ def peak_mem_mb(device:torch.device) -> float:
     if device.type == "cuda": return torch.cuda.max_memory_allocated(device)/2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024
 
-# %% ../nbs/13_step.ipynb 33
-def _step_gradients(forward:torch.nn.Module, model:Qonstraint, x:torch.Tensor, target:torch.Tensor) -> dict:
+# %% ../nbs/13_step.ipynb 39
+def _step_gradients(forward:torch.nn.Module, model:torch.nn.Module, x:torch.Tensor, target:torch.Tensor) -> dict:
     "The gradients of one `Trainer.backward` on the CPU, with the model in eval mode (no DropPath, BatchNorm on running statistics)."
     cpu, amp = torch.device("cpu"), amp_policy("cpu")
     trainer = Trainer(model, forward, make_optimizer(model, cpu, 5e-4, (0.9, 0.999), 0.0), amp.make_scaler("cpu"), StepEma(model), amp, cpu, 1.0, 0)
@@ -249,7 +284,7 @@ def _ddp_grad_worker(rank:int, world:int, port:int, folder:str):
     "One process of `ddp_grad_check`: the gradients of its share of the batch under DDP; rank 0 saves them."
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     d = torch.load(f"{folder}/batch.pt", weights_only=True)
-    model = Qonstraint(preset_network(d["preset"], d["target"].shape[1]))
+    model = network_config(d["preset"], d["target"].shape[1]).build()
     model.load_state_dict(d["model"])
     share = slice(rank*len(d["x"])//world, (rank + 1)*len(d["x"])//world)
     grads = _step_gradients(wrap_ddp(TrainForward(model), torch.device("cpu")), model, d["x"][share], d["target"][share])
@@ -259,7 +294,7 @@ def _ddp_grad_worker(rank:int, world:int, port:int, folder:str):
 def ddp_grad_check(world:int=2, preset:str="tiny", batch_size:int=8, num_classes:int=10, seed:int=0) -> float:
     "Largest relative difference between the gradients of one step in `world` DDP processes and in one process, on one global batch."
     torch.manual_seed(seed)
-    model = Qonstraint(preset_network(preset, num_classes))
+    model = network_config(preset, num_classes).build()
     x, target = torch.randn(batch_size, 3, 64, 64), F.one_hot(torch.randint(0, num_classes, (batch_size,)), num_classes).float()
     with tempfile.TemporaryDirectory() as folder, socket.socket() as sock:
         torch.save(dict(model=model.state_dict(), x=x, target=target, preset=preset), f"{folder}/batch.pt")

@@ -16,15 +16,15 @@ from .collate import MIX_MODES
 from .controller import CONTROLLERS, make_controller, phase2_starts
 from .core import QonstraintError, check_choice
 from .model import PRESETS
-from .runfolder import (CONFIG_FILE, LOG_FILE, SUMMARY_FILE, RunLog, log_row, preset_network, write_config,
+from .runfolder import (CONFIG_FILE, LOG_FILE, SUMMARY_FILE, RunLog, log_row, network_config, write_config,
                                   write_json)
 
 # %% auto 0
 __all__ = ['PAPER_RECIPE', 'MAIN', 'HEADS_MAIN', 'OLD_RECIPE', 'HEAD_DEPTHS', 'HEAD_CELLS', 'BATCH_512', 'BATCH_192', 'EPOCHS_60',
-           'STUDIES', 'DIFFERENCES', 'PAPER_COLUMNS', 'FIXTURE_WIDTHS', 'FIXTURE_SIZE', 'FIXTURE_CLASSES',
-           'FIXTURE_SEEDS', 'FIXTURE_EMPTY_CELL', 'FIXTURE_OTHER', 'FIXTURE_LEGACY', 'FIXTURE_SWA', 'FIXTURE_SOURCE',
-           'flatten', 'run_settings', 'Study', 'resolve_recipe', 'head_depth', 'differences', 'study_runs', 'Paper',
-           'repo_root', 'load_paper', 'fixture_grid', 'make_fixture_runs']
+           'BASELINE_NETS', 'GRID_TEACHER', 'STUDENT', 'STUDIES', 'DIFFERENCES', 'PAPER_COLUMNS', 'FIXTURE_WIDTHS',
+           'FIXTURE_SIZE', 'FIXTURE_CLASSES', 'FIXTURE_SEEDS', 'FIXTURE_EMPTY_CELL', 'FIXTURE_OTHER', 'FIXTURE_LEGACY',
+           'FIXTURE_SWA', 'FIXTURE_SOURCE', 'flatten', 'run_settings', 'Study', 'resolve_recipe', 'head_depth',
+           'differences', 'study_runs', 'Paper', 'repo_root', 'load_paper', 'fixture_grid', 'make_fixture_runs']
 
 # %% ../nbs/15_studies.ipynb 5
 def flatten(d:dict, prefix:str="") -> dict:
@@ -45,7 +45,7 @@ def run_settings(config:dict) -> dict:
     return dict(preset=c["preset"], head=c["head"], stem=c["stem"], aug=c["aug"],
                 randaugment=bool(c.get("randaugment", True)),        # older folders trained with RandAugment
                 controller="off" if c.get("controller") == "off" else "paper",   # a dict of overrides is the paper's controller
-                mix_modes=tuple(sorted(c["mix_modes"])), depths=depths, own_depths=depths == own)
+                mix_modes=tuple(sorted(c["mix_modes"])), depths=depths, own_depths=depths == own, distilled=c.get("teacher") is not None)
 
 # %% ../nbs/15_studies.ipynb 9
 @dataclass(frozen=True)
@@ -94,6 +94,9 @@ HEAD_CELLS = (("low", "high"), ("mid", "low"), ("mid", "high"), ("high", "low"),
 _MAIN = {k: v for k, v in run_settings(MAIN).items() if k != "depths"}  # a main run: MAIN's settings at the preset's own depths
 _SOTA_SOFT = dict(head="sota", stem="soft", own_depths=True)    # what the depth and version studies keep of it
 BATCH_512, BATCH_192, EPOCHS_60 = dict(batch_scale=2), dict(batch_scale=0.75), dict(epochs_scale=60/70)  # IV.B-E, relative to 256 / 70
+BASELINE_NETS = ("qonstraint_5_9", "tiny", "resnet18", "mobilenetv2", "mobilevit_xxs", "deit_tiny", "vit_spt_lsa")  # the baselines study
+GRID_TEACHER = "grid:qonstraint_5_9"   # a teacher in a study: the same grid's run of that variant (paper's controller, same seed)
+STUDENT = dict(preset="deit_tiny_distilled", distill="hard", teacher=GRID_TEACHER)   # DeiT's distillation, its token and hard labels
 
 # %% ../nbs/15_studies.ipynb 13
 _STEMS, _DEPTHS, _OLD = ("soft", "aggressive"), ("lighter", "heavier", "heaviest"), ("qonstraint_5_5", "qonstraint_5_6")
@@ -121,7 +124,14 @@ STUDIES = {s.name: s for s in (
           requires={h: dict(preset="qonstraint_5_9", stem="soft", head=h, controller="paper", depths=frozenset(HEAD_DEPTHS.values()))
                     for h in ("sota", "gap")},
           overrides={h: tuple(MAIN | dict(head=h, aug=a, model=dict(depths=HEAD_DEPTHS[d])) | (EPOCHS_60 if a == "low" else {})
-                              for a, d in HEAD_CELLS) for h in ("sota", "gap")}))}
+                              for a, d in HEAD_CELLS) for h in ("sota", "gap")}),
+    Study("baselines", "IV.A.5", f"the main runs' recipe (aug mid, randaugment, cutmix+mixup), controller paper or off, on "
+          f"{', '.join(BASELINE_NETS)} (Qonstraint presets: head sota, stem soft, own depths) and deit_tiny_distilled with a teacher",
+          requires={n: _MAIN | dict(preset=n, controller=frozenset(CONTROLLERS)) if n in PRESETS else
+                       {k: _MAIN[k] for k in ("aug", "randaugment", "mix_modes", "distilled")} | dict(preset=n, controller=frozenset(CONTROLLERS))
+                    for n in BASELINE_NETS} | {"deit_tiny_distilled": dict(preset="deit_tiny_distilled", distilled=True, aug="mid")},
+          overrides={n: tuple(MAIN | o | dict(controller=c) for c in CONTROLLERS)
+                     for n, o in [(n, dict(preset=n)) for n in BASELINE_NETS] + [("deit_tiny_distilled", STUDENT)]}))}
 
 # %% ../nbs/15_studies.ipynb 15
 def head_depth(config:dict) -> str|None:
@@ -140,6 +150,9 @@ DIFFERENCES = (   # (study, what the paper did or says, what the grid does, why)
     ("version", "5.5/5.6 used 'a cosine annealing LR schedule'",
      "controller='off': warm-up and one cosine, DropPath and mixing at their phase's base rate",
      "the paper gives no other schedule constants for 5.5/5.6"),
+    ("baselines", "quotes the other models' numbers from other papers (other epochs, augmentation, hardware)",
+     "trains them on the same data, split, augmentation, recipe and budget, adapted to 64×64 (qonstraint.baselines)",
+     "only then does a difference belong to the architecture"),
     ("head", "gives only the high depths (2, 3, 5)", "low depths (1, 2, 3)", "our reading of 'lower depths'"),
     ("head", "does not say which seeds or how many runs per cell", "one seed per cell (the main runs have 3)", "the grid's budget"),
     ("all", "reloads the best weights 'at pre-defined epochs' without listing them", "reloads at 50 %, 75 % and 85 % of the epochs",
@@ -207,7 +220,7 @@ FIXTURE_SIZE = dict(dataset="fixture", device="cpu")  # fields of every fixture 
 FIXTURE_CLASSES = 10                  # classes of the runs' network
 FIXTURE_SEEDS = dict(main=(0, 1, 2), controller=(0, 1), stem=(0, 1), depth=(0,), version=(0,), head=(0,))  # seeds of each study's runs
 FIXTURE_EMPTY_CELL = ("high", "high")  # (aug, depth) of the head study left without runs
-FIXTURE_OTHER = ("other-tiny", MAIN | dict(preset="tiny", controller={"reward_clip": 1.0}, seed=0))  # a run no study takes
+FIXTURE_OTHER = ("other-tiny", MAIN | dict(preset="tiny", head="gap", controller={"reward_clip": 1.0}, seed=0))  # a run no study takes
 FIXTURE_LEGACY = "main-sota-s2"       # written as an older run folder: no randaugment, controller, model or network
 FIXTURE_SWA = 0.85                    # fraction of the epochs where SWA starts and the best weights are reloaded (TrainConfig's)
 FIXTURE_SOURCE = "synthetic fixture written by qonstraint.studies.make_fixture_runs: no model was trained (not TinyImageNet)"
@@ -252,7 +265,7 @@ def _fixture_run(run_dir:Path, cfg:dict, rng:np.random.Generator, legacy:bool=Fa
     epochs = cfg["epochs"]
     curves, params = _fixture_curves(epochs, rng, ceiling=rng.uniform(45, 60)), int(rng.integers(100_000, 300_000))
     settings = FIXTURE_SIZE | cfg | dict(model=FIXTURE_WIDTHS | cfg.get("model", {}))
-    network = preset_network(settings["preset"], FIXTURE_CLASSES, settings["head"], settings["stem"], settings["model"])
+    network = network_config(settings["preset"], FIXTURE_CLASSES, settings["head"], settings["stem"], settings["model"])
     config = write_config(run_dir, settings, network, params=params, data=dict(dataset="fixture", is_tinyimagenet=False,
                           num_classes=FIXTURE_CLASSES, source=FIXTURE_SOURCE))
     if legacy: write_json(run_dir/CONFIG_FILE, {k: v for k, v in config.items() if k not in ("randaugment", "controller", "model", "network")})

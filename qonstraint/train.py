@@ -27,18 +27,21 @@ from .device_augment import DeviceAugment, DeviceMix, device_batches
 from .distributed import DistEnv, barrier, dist_env, gather_rng_states, join_processes, launch, reduce_sum, wrap_ddp
 from .heads import HEADS
 from .model import PRESETS, Qonstraint, QonstraintConfig
+from .baselines import Baseline, BaselineConfig, is_baseline, network_config
 from .runfolder import (CLASSES_FILE, CONFIG_FILE, SUMMARY_FILE, WEIGHT_FILES, Run, RunLog, build_network, class_info,
-                                  load_checkpoint, log_row, preset_network, read_json, read_run, run_network, save_checkpoint,
+                                  load_checkpoint, log_row, read_classes, read_json, read_run, run_network, run_state, save_checkpoint,
                                   write_config, write_json)
 from .stem import STEMS
-from .step import Trainer, build_trainer, compile_forward, compile_unavailable, evaluate, memory_advice, peak_mem_mb
+from .step import (DISTILL_KINDS, Distill, Trainer, build_trainer, compile_forward, compile_unavailable, evaluate, memory_advice,
+                             peak_mem_mb)
 
 # %% auto 0
 __all__ = ['KAGGLE_SESSION_MINUTES', 'TrainConfig', 'check_train_config', 'parse_settings', 'Decision', 'over_budget',
-           'reload_reason', 'decide', 'check_init_from', 'make_network', 'freeze_backbone', 'epoch_order',
-           'make_loader', 'on_device', 'Parts', 'make_trainer', 'build_run', 'eval_loader', 'train_batches', 'progress',
-           'start_run', 'save', 'resume_run', 'rank0_says', 'train_one', 'record', 'final_evaluation', 'finish',
-           'time_budget', 'duration', 'Projection', 'faster_options', 'foresee', 'fit', 'main']
+           'reload_reason', 'decide', 'check_init_from', 'check_teacher', 'make_distill', 'make_network',
+           'freeze_backbone', 'epoch_order', 'make_loader', 'on_device', 'Parts', 'make_trainer', 'build_run',
+           'eval_loader', 'train_batches', 'progress', 'start_run', 'save', 'resume_run', 'rank0_says', 'train_one',
+           'record', 'final_evaluation', 'finish', 'time_budget', 'duration', 'Projection', 'faster_options', 'foresee',
+           'fit', 'main']
 
 # %% ../nbs/14_train.ipynb 5
 @dataclass
@@ -47,9 +50,9 @@ class TrainConfig:
     dataset:str = "tinyimagenet"      # "tinyimagenet" | "digits" | "imagefolder" (your own `class_name/image` folders)
     data_dir:str|None = None          # TinyImageNet folder (or its parent; None: search, see `qonstraint.data`), or the image folder
     download:bool = False             # fetch the official TinyImageNet zip if it is not found
-    preset:str = "qonstraint_5_9"     # a key of `qonstraint.model.PRESETS`
-    head:str = "sota"                 # "sota" | "gap"
-    stem:str = "soft"                 # "soft" | "aggressive"
+    preset:str = "qonstraint_5_9"     # a Qonstraint preset (`qonstraint.model.PRESETS`), a named baseline (`qonstraint.baselines.BASELINES`) or "timm:<name>"
+    head:str = "sota"                 # "sota" | "gap" (Qonstraint presets)
+    stem:str = "soft"                 # "soft" | "aggressive" (Qonstraint presets)
     aug:str = "mid"                   # augmentation level: "low" | "mid" | "high"
     randaugment:bool = True           # RandAugment in phase 2 (5.9); False for Qonstraint 5.5/5.6
     mix_modes:tuple = MIX_MODES       # batch mixes to draw from; ("mixup",) for Qonstraint 5.5/5.6
@@ -64,7 +67,7 @@ class TrainConfig:
     betas:tuple = (0.92, 0.999)       # AdamW betas; β1 is overwritten by the controller's momentum each epoch
     grad_clip:float = 1.0             # max global gradient norm
     swa_start:float = 0.85            # SWA averages the weights from this fraction of the epochs on
-    model:dict = field(default_factory=dict)       # overrides of the preset's `QonstraintConfig` fields, e.g. {"depths": (2, 3, 5)}
+    model:dict = field(default_factory=dict)       # overrides of the preset's `QonstraintConfig` fields, e.g. {"depths": (2, 3, 5)}; a baseline: img_size and timm arguments
     controller:str|dict = "paper"     # "paper" | "off" | overrides of the paper's `ControllerConfig` constants, e.g. {"reward_clip": 1.0}
     reload_at:tuple = (0.5, 0.75, 0.85)  # fractions of the epochs after which the best weights are reloaded (70 epochs: 35, 52, 60)
     collapse_drop:float = 10.0        # reload the best weights when val top-1 falls this many points below the best
@@ -82,6 +85,10 @@ class TrainConfig:
     compile:bool = False              # torch.compile the training forward; warns and runs eagerly where it cannot
     checkpoint_stages:bool = False    # recompute the backbone stages in backward (activation checkpointing): less memory, more compute
     devices:int = 1                   # processes, one per GPU (DDP); batch_size and lr stay those of the whole (global) batch
+    teacher:str|None = None           # a finished run folder to distil from (any network trained on the same classes); None: no distillation
+    distill:str = "soft"              # "soft": τ²·KL to the teacher's softened probabilities | "hard": cross-entropy to its argmax (DeiT)
+    distill_alpha:float = 0.5         # the step's loss: (1 − α)·the paper's loss + α·the distillation term
+    distill_tau:float = 3.0           # the temperature τ of soft distillation (DeiT's)
 
     def __post_init__(self): check_train_config(self)
 
@@ -90,9 +97,9 @@ class TrainConfig:
 def run_dir(self:TrainConfig) -> Path: return Path(self.out_dir)/self.run_name
 
 @patch
-def model_config(self:TrainConfig, num_classes:int) -> QonstraintConfig:
-    "The network this configuration names: the preset as defined today, with its head, stem and `model` overrides."
-    return preset_network(self.preset, num_classes, self.head, self.stem, self.model)
+def model_config(self:TrainConfig, num_classes:int) -> QonstraintConfig|BaselineConfig:
+    "The network this configuration names: the preset as defined today, with its head, stem and `model` overrides (or a baseline)."
+    return network_config(self.preset, num_classes, self.head, self.stem, self.model)
 
 @patch(as_prop=True)
 def img_size(self:TrainConfig) -> int:
@@ -116,13 +123,16 @@ def check_train_config(c:TrainConfig):
     "Normalise (lists from JSON to tuples) and validate every field of `c`; fill in the default run name."
     c.mix_modes, c.betas, c.reload_at = tuple(c.mix_modes), tuple(c.betas), tuple(c.reload_at)
     c.model = {k: tuple(v) if isinstance(v, list) else v for k, v in c.model.items()}
-    for what, v, choices in (("dataset", c.dataset, DATASETS), ("preset", c.preset, PRESETS), ("head", c.head, HEADS), ("stem", c.stem, STEMS),
+    for what, v, choices in (("dataset", c.dataset, DATASETS), ("head", c.head, HEADS), ("stem", c.stem, STEMS), ("distill", c.distill, DISTILL_KINDS),
                              ("aug", c.aug, AUG_LEVELS), ("amp", {True: "auto", False: "off"}.get(c.amp, c.amp), AMP_MODES),
                              *[("mix mode", m, MIX_MODES) for m in c.mix_modes]): check_choice(what, v, choices)
     for n in ("epochs", "batch_size", "eval_batch_size", "devices"): _check(c, n, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
     for n in ("warmup_epochs", "num_workers", "seed", "freeze_epochs"): _check(c, n, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
     for n in ("lr", "min_lr", "max_lr", "grad_clip", "collapse_drop"): _check(c, n, lambda v: v > 0, "positive")
     _check(c, "weight_decay", lambda v: v >= 0, ">= 0")
+    _check(c, "distill_alpha", lambda v: 0 <= v <= 1, "in [0, 1]")
+    _check(c, "distill_tau", lambda v: v > 0, "positive")
+    _check(c, "teacher", lambda v: v is None or isinstance(v, str), "a run folder (a path), or None")
     _check(c, "swa_start", lambda v: 0 < v <= 1, "a fraction in (0, 1]")
     _check(c, "reload_at", lambda v: all(0 < f <= 1 for f in v), "fractions in (0, 1]")
     _check(c, "betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)")
@@ -138,11 +148,12 @@ def check_train_config(c:TrainConfig):
         if bad := sorted(set(c.controller) - set(valid)):
             raise QonstraintError(f"unknown controller setting(s) {', '.join(bad)}; valid: {', '.join(valid)}")
     if not c.min_lr <= c.lr <= c.max_lr: raise QonstraintError(f"need min_lr <= lr <= max_lr; got {c.min_lr}, {c.lr}, {c.max_lr}")
-    if bad := sorted(set(c.model) - {f.name for f in fields(QonstraintConfig)} | set(c.model) & {"head", "stem", "num_classes"}):
+    if c.preset in PRESETS and (bad := sorted(set(c.model) - {f.name for f in fields(QonstraintConfig)} | set(c.model) & {"head", "stem", "num_classes"})):
         raise QonstraintError(f"model setting(s) {', '.join(bad)} cannot be overridden here; valid: any QonstraintConfig "
                               "field except head, stem and num_classes (set head and stem with their own fields)")
-    c.model_config(2)  # raises on an impossible architecture
-    if c.run_name is None: c.run_name = f"{c.preset}-{c.head}-{c.stem}-{c.aug}-{c.dataset}-s{c.seed}"
+    c.model_config(2)  # raises on an unknown preset or an impossible architecture (a baseline: built and run on the meta device)
+    net = c.preset.replace(":", "-") if is_baseline(c.preset) else f"{c.preset}-{c.head}-{c.stem}"
+    if c.run_name is None: c.run_name = f"{net}-{c.aug}-{c.dataset}-s{c.seed}"
 
 # %% ../nbs/14_train.ipynb 13
 def parse_settings(settings:list[str]) -> dict:
@@ -196,17 +207,42 @@ def check_init_from(cfg:TrainConfig):
         raise QonstraintError(f"init_from run {cfg.init_from} trained another network (it differs in {', '.join(diff)}). "
                               "Fix: use the same preset, head, stem and model overrides as that run.")
 
-def make_network(cfg:TrainConfig, num_classes:int) -> Qonstraint:
+def check_teacher(cfg:TrainConfig):
+    "Fail, before any data is loaded, unless `teacher` is a finished run whose network takes this run's images."
+    src, state = Path(cfg.teacher), run_state(cfg.teacher)
+    if state != "finished" or not (src/WEIGHT_FILES["final"]).is_file():
+        raise QonstraintError(f"teacher={cfg.teacher!r} is " + ("missing" if state == "new" else f"not a finished run (state: {state})")
+                              + ": a teacher is a run folder that trained to the end (model.safetensors). Fix: finish it with "
+                              "resume=True, or pass the out_dir/run_name of a finished run.")
+    if (size := run_network(read_json(src/CONFIG_FILE), src).img_size) != cfg.img_size:
+        raise QonstraintError(f"teacher {cfg.teacher} takes {size}×{size} images and this run {cfg.img_size}×{cfg.img_size}; the "
+                              "teacher sees the student's batches. Fix: a teacher trained at the student's image size.")
+
+def make_distill(cfg:TrainConfig, data:DataBundle) -> Distill|None:
+    "The run's teacher (its final weights, eval mode) and distillation settings, its classes checked against the data's; None without one."
+    if cfg.teacher is None: return None
+    theirs, ours = read_classes(cfg.teacher), class_info(data)
+    for k in ("classes", "mean", "std"):
+        if list(theirs[k]) != list(ours[k]):
+            raise QonstraintError(f"teacher {cfg.teacher} was trained with other {k} ({_short(theirs[k])}) than this run's data "
+                                  f"({_short(ours[k])}). Fix: a teacher trained on the same dataset.")
+    return Distill(build_network(cfg.teacher), cfg.distill, cfg.distill_alpha, cfg.distill_tau)
+
+def _short(v:list) -> str: return f"{len(v)}: {', '.join(map(str, v[:3]))}{', ...' if len(v) > 3 else ''}"
+
+def make_network(cfg:TrainConfig, num_classes:int) -> Qonstraint|Baseline:
     "The network a run trains: its own (from config.json) when resuming; `init_from`'s, with its weights; else `cfg`'s."
-    if cfg.resume and (cfg.run_dir/CONFIG_FILE).is_file(): return Qonstraint(run_network(read_json(cfg.run_dir/CONFIG_FILE), cfg.run_dir))
-    if cfg.init_from is None or cfg.resume: return Qonstraint(cfg.model_config(num_classes))
+    if cfg.resume and (cfg.run_dir/CONFIG_FILE).is_file(): return run_network(read_json(cfg.run_dir/CONFIG_FILE), cfg.run_dir).build()
+    if cfg.init_from is None or cfg.resume: return cfg.model_config(num_classes).build()
     model = build_network(cfg.init_from).train()
     if model.num_classes != num_classes: model.reset_classifier(num_classes)
     return model
 
-def freeze_backbone(model:Qonstraint, frozen:bool):
-    "Freeze (or unfreeze) everything but the head: the stem, the backbone stages and the fusion block."
-    for part in (model.stem, model.backbone, model.fusion): part.requires_grad_(not frozen)
+def freeze_backbone(model:Qonstraint|Baseline, frozen:bool):
+    "Freeze (or unfreeze) everything but the head (a Qonstraint: the stem, the backbone stages and the fusion block; a baseline: all but its classifier)."
+    model.requires_grad_(not frozen)
+    heads = model.head if isinstance(model, Qonstraint) else model.get_classifier()
+    for h in heads if isinstance(heads, tuple) else (heads,): h.requires_grad_(True)
 
 # %% ../nbs/14_train.ipynb 21
 def epoch_order(n:int, seed:int, env:DistEnv=DistEnv()) -> torch.Tensor:
@@ -243,7 +279,7 @@ class Parts:
     device:torch.device
     amp:AmpPolicy
     data:DataBundle
-    model:Qonstraint
+    model:Qonstraint|Baseline
     ctrl:ConfidenceController|BaseSchedule
     trainer:Trainer
     compiled:bool
@@ -259,10 +295,11 @@ class Parts:
     def val_loader(self) -> DataLoader: return eval_loader(self, self.data.val)   # made once, used every epoch
 
 # %% ../nbs/14_train.ipynb 27
-def make_trainer(cfg:TrainConfig, model:Qonstraint, ctrl:ConfidenceController|BaseSchedule, env:DistEnv, device, amp, n_train:int) -> tuple[Trainer, bool]:
-    "The run's `Trainer` (its forward DDP-wrapped and compiled as `cfg` asks), and whether it compiled."
+def make_trainer(cfg:TrainConfig, model:Qonstraint|Baseline, ctrl:ConfidenceController|BaseSchedule, env:DistEnv, device, amp, n_train:int,
+                 distill:Distill|None=None) -> tuple[Trainer, bool]:
+    "The run's `Trainer` (its forward DDP-wrapped and compiled as `cfg` asks; its teacher, if any), and whether it compiled."
     steps = cfg.warmup_epochs*math.ceil(n_train//env.world/(cfg.batch_size//env.world))
-    t = build_trainer(model, device, amp, cfg.lr, cfg.betas, cfg.weight_decay, cfg.grad_clip, steps, ctrl.state.ema_decay)
+    t = build_trainer(model, device, amp, cfg.lr, cfg.betas, cfg.weight_decay, cfg.grad_clip, steps, ctrl.state.ema_decay, distill=distill)
     if env.world > 1: t.forward = wrap_ddp(t.forward, device, find_unused=cfg.freeze_epochs > 0)  # frozen parts get no gradient
     if not cfg.compile: return t, False
     t.forward, compiled = compile_forward(t.forward, device)
@@ -275,6 +312,7 @@ def build_run(cfg:TrainConfig,
     amp = amp_policy(device, cfg.amp)
     seed_everything(cfg.seed)
     if cfg.init_from is not None and not cfg.resume: check_init_from(cfg)     # a resumed run has its own weights
+    if cfg.teacher is not None: check_teacher(cfg)
     data = data or load_dataset(cfg.dataset, root=cfg.data_dir, seed=cfg.seed, download=cfg.download, img_size=cfg.img_size)
     asked = cfg.data_on_device
     if asked == "auto" and cfg.resume and (cfg.run_dir/CONFIG_FILE).is_file():   # a resumed run keeps the path it took
@@ -287,7 +325,7 @@ def build_run(cfg:TrainConfig,
     if env.world > 1: seed_everything(cfg.seed + 1_000_003*env.rank)         # each process draws its own augmentations
     ctrl = make_controller(cfg.controller, cfg.epochs, cfg.betas[0], base_lr=cfg.lr, min_lr=cfg.min_lr, max_lr=cfg.max_lr,
                            warmup_epochs=max(1, cfg.warmup_epochs))
-    trainer, compiled = make_trainer(cfg, model, ctrl, env, device, amp, len(data.train))
+    trainer, compiled = make_trainer(cfg, model, ctrl, env, device, amp, len(data.train), make_distill(cfg, data))
     return Parts(cfg, env, device, amp, data, model, ctrl, trainer, compiled)
 
 # %% ../nbs/14_train.ipynb 29
@@ -325,8 +363,9 @@ def start_run(p:Parts) -> int:
     barrier()                             # every process has looked before rank 0 writes
     if p.env.main:
         p.dir.mkdir(parents=True, exist_ok=True)
+        teacher = p.trainer.distill and dict(teacher_network=asdict(p.trainer.distill.teacher.cfg))   # what taught it, resolved
         write_config(p.dir, asdict(p.cfg), p.model.cfg, device=str(p.device), amp_dtype=str(p.amp.dtype), compiled=p.compiled,
-                     params=sum(t.numel() for t in p.model.parameters()), data=p.data.info())
+                     params=sum(t.numel() for t in p.model.parameters()), data=p.data.info(), **(teacher or {}))
         write_json(p.dir/CLASSES_FILE, class_info(p.data))
     return 1
 
