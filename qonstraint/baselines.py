@@ -144,7 +144,7 @@ NOT_BUILT = {   # rows of the paper's comparison table no named baseline measure
                     "only torchvision builds it, without timm's model interface (forward_features, forward_head, reset_classifier)"),
 }
 
-# %% ../nbs/09b_baselines.ipynb 18
+# %% ../nbs/09b_baselines.ipynb 20
 TIMM_PREFIX = "timm:"
 
 @dataclass(frozen=True)
@@ -214,7 +214,7 @@ class Baseline(nn.Module):
         self.net.reset_classifier(num_classes, *([] if global_pool is None else [global_pool]))
         self.cfg, self.num_classes = replace(self.cfg, num_classes=num_classes), num_classes
 
-# %% ../nbs/09b_baselines.ipynb 20
+# %% ../nbs/09b_baselines.ipynb 22
 def is_baseline(preset:str) -> bool: return preset in BASELINES or preset.startswith(TIMM_PREFIX)
 
 def _unknown(preset:str) -> QonstraintError:

@@ -523,7 +523,7 @@ def _gmacs(network_json:str) -> float:
 def _measured(g:pd.DataFrame, variant:str, controller:str) -> dict:
     "A comparison row of the runs `g` of one baselines-study variant, controller, budget, data and device."
     per_run, first = g.groupby("run"), g.drop_duplicates("run")
-    peaks, size = peak_metrics(g), (json.loads(first.network_json.iloc[0]) or {}).get("img_size", "?")   # an older folder: no record
+    peaks, size = peak_metrics(g), (json.loads(first.network_json.iloc[0]) or {}).get("img_size", 64)   # older folders (no record) took 64×64
     kind = "process RSS" if str(first.device.iloc[0]).startswith("cpu") else "CUDA"
     teacher = first.teacher.iloc[0] if "teacher" in first else None
     return dict(model=_title(variant), source="measured here", network=variant, controller=controller, runs=len(first),

@@ -14,6 +14,7 @@ import torch
 from .data import TINY_COUNTS, DataBundle, Split, load_dataset, usable_cores
 from .budget import MemoryEstimate, estimate_memory
 from .model import QonstraintConfig
+from .baselines import is_baseline
 from .step import MEMORY_SHARE, peak_mem_mb, time_steps
 from .train import Parts, Projection, TrainConfig, build_run, eval_loader, faster_options, time_budget, train_batches
 
@@ -73,7 +74,8 @@ class Plan:
     def __str__(self):
         c, gib = self.cfg, 2**30
         mem = "unknown" if self.memory is None else f"{self.estimate.total/self.memory:.0%} of {self.memory/gib:.1f} GiB"
-        lines = [f"plan: {c.preset} (head {c.head}, stem {c.stem}), batch {c.batch_size} over {c.devices} process(es), "
+        net = c.preset if is_baseline(c.preset) else f"{c.preset} (head {c.head}, stem {c.stem})"
+        lines = [f"plan: {net}, batch {c.batch_size} over {c.devices} process(es), "
                  f"{c.epochs} epochs, on {self.device}; data_on_device={c.data_on_device}, compile={c.compile}, amp={c.amp}",
                  f"memory: one step estimated at {self.estimate.total/gib:.2f} GiB per process ({mem}): "
                  f"{ {None: 'cannot tell', True: 'fits', False: 'does NOT fit'}[self.fits_memory]}; measured peak {self.peak_mb/1024:.2f} GiB"

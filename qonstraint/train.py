@@ -73,7 +73,7 @@ class TrainConfig:
     collapse_drop:float = 10.0        # reload the best weights when val top-1 falls this many points below the best
     seed:int = 0                      # seeds Python, NumPy, torch, the split, the loaders and the augmentation
     out_dir:str = "runs"              # parent folder of run folders
-    run_name:str|None = None          # run folder name; None: "<preset>-<head>-<stem>-<aug>-<dataset>-s<seed>"
+    run_name:str|None = None          # run folder name; None: "<preset>-<head>-<stem>-<aug>-<dataset>-s<seed>" (a baseline: no head, stem)
     resume:bool = False               # continue the run in out_dir/run_name from its last.pt
     max_minutes:float|None = None     # stop cleanly (checkpoint written) when another epoch would overrun this wall-clock budget
     device:str = "auto"               # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
