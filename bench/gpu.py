@@ -185,7 +185,7 @@ def train_seconds(opt:dict, data:dict, device:torch.device, ddp:bool=False) -> f
     last = []
     def step(batch): last[:] = [trainer.train_step(*batch, s)]   # no host read in the window
     seconds = time_steps(step, batches, opt["steps"], device, opt["warmup"])
-    loss, _, _, nonfinite = last[0].tolist()                     # after the window: loss·B, top-1, top-5 hits, non-finite flag
+    loss, _, _, nonfinite, _ = last[0].tolist()                  # after the window: loss·B, top-1, top-5 hits, non-finite flag, distillation·B
     if nonfinite or not math.isfinite(loss): raise FloatingPointError(f"the last step's loss is not finite ({loss})")
     return seconds
 

@@ -151,6 +151,9 @@ def check_train_config(c:TrainConfig):
     if c.preset in PRESETS and (bad := sorted(set(c.model) - {f.name for f in fields(QonstraintConfig)} | set(c.model) & {"head", "stem", "num_classes"})):
         raise QonstraintError(f"model setting(s) {', '.join(bad)} cannot be overridden here; valid: any QonstraintConfig "
                               "field except head, stem and num_classes (set head and stem with their own fields)")
+    if is_baseline(c.preset) and (c.head, c.stem) != ("sota", "soft"):
+        raise QonstraintError(f"head={c.head!r}, stem={c.stem!r}: head and stem are Qonstraint's; the baseline {c.preset} has its own. "
+                              "Fix: leave them at their defaults (sota, soft), or choose a Qonstraint preset.")
     c.model_config(2)  # raises on an unknown preset or an impossible architecture (a baseline: built and run on the meta device)
     net = c.preset.replace(":", "-") if is_baseline(c.preset) else f"{c.preset}-{c.head}-{c.stem}"
     if c.run_name is None: c.run_name = f"{net}-{c.aug}-{c.dataset}-s{c.seed}"
