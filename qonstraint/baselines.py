@@ -200,6 +200,9 @@ class Baseline(nn.Module):
     def feat_stats(self) -> tuple[torch.Tensor, torch.Tensor]|None: return self.stats
     @property
     def has_dist_token(self) -> bool: return hasattr(self.net, "set_distilled_training")
+    def set_distilled_training(self, enable:bool=True):
+        "A distilled DeiT: its two heads' logits apart in training (`Branches.dist`), for distillation through its token."
+        self.net.set_distilled_training(enable)
 
     def set_drop_path(self, rate:float):
         "DropPath `rate` for the deepest block, the others at timm's linear shares of it (none for networks without DropPath)."

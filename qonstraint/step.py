@@ -218,7 +218,7 @@ def build_trainer(model:torch.nn.Module, device:torch.device, amp:AmpPolicy, lr:
     model = model.to(device, memory_format=layout)
     if distill is not None:
         distill.teacher.to(device, memory_format=layout).eval().requires_grad_(False)
-        if getattr(model, "has_dist_token", False): model.net.set_distilled_training(True)   # DeiT: its distillation token's logits apart
+        if getattr(model, "has_dist_token", False): model.set_distilled_training()   # DeiT: its distillation token's logits apart
     return Trainer(model, TrainForward(model), make_optimizer(model, device, lr, betas, weight_decay), amp.make_scaler(device.type),
                    StepEma(model, decay=ema_decay), amp, device, grad_clip, warmup_steps, memory_format=layout, distill=distill)  # the EMA copies the model in its layout
 
