@@ -111,6 +111,7 @@ class Adaptation:
 ADAPTATIONS = {"": Adaptation(), "cifar_stem": Adaptation(after=cifar_stem), "stride1_stem": Adaptation(after=stride1_stem),
                "tokens_8x8": Adaptation(args=lambda s: dict(img_size=s, patch_size=s // 8))}
 
+# %% ../nbs/09b_baselines.ipynb 18
 @dataclass(frozen=True)
 class BaselineSpec:
     "A named baseline: the timm model, its arguments and adaptation, where the adaptation comes from, and the paper's row it measures."
@@ -144,7 +145,7 @@ NOT_BUILT = {   # rows of the paper's comparison table no named baseline measure
                     "only torchvision builds it, without timm's model interface (forward_features, forward_head, reset_classifier)"),
 }
 
-# %% ../nbs/09b_baselines.ipynb 20
+# %% ../nbs/09b_baselines.ipynb 22
 TIMM_PREFIX = "timm:"
 
 @dataclass(frozen=True)
@@ -170,6 +171,7 @@ def _schedule_drop_paths(model:nn.Module) -> list[ScheduledDropPath]:
         _replace(model, name, new)
     return [model.get_submodule(n) for n, _ in found]
 
+# %% ../nbs/09b_baselines.ipynb 24
 class Baseline(nn.Module):
     "A timm network under qonstraint's training interface (see above); `forward` gives `B, num_classes` logits."
     def __init__(self, cfg:BaselineConfig):
@@ -217,7 +219,7 @@ class Baseline(nn.Module):
         self.net.reset_classifier(num_classes, *([] if global_pool is None else [global_pool]))
         self.cfg, self.num_classes = replace(self.cfg, num_classes=num_classes), num_classes
 
-# %% ../nbs/09b_baselines.ipynb 22
+# %% ../nbs/09b_baselines.ipynb 26
 def is_baseline(preset:str) -> bool: return preset in BASELINES or preset.startswith(TIMM_PREFIX)
 
 def _unknown(preset:str) -> QonstraintError:
@@ -235,6 +237,7 @@ def _timm_model(preset:str, img_size:int) -> tuple[str, str, dict, str|None]:
     fixed = getattr(timm.get_pretrained_cfg(name), "fixed_input_size", False)
     return name, "", dict(img_size=img_size) if fixed else {}, None
 
+# %% ../nbs/09b_baselines.ipynb 28
 def _build_with_drop_path(cfg:BaselineConfig) -> Baseline:
     "`cfg` built with DropPath modules if its timm constructor takes `drop_path_rate`, else without."
     try: return replace(cfg, drop_path=True).build()
