@@ -15,7 +15,8 @@ from .core import QonstraintError, check_choice
 from .model import PRESETS, Qonstraint, QonstraintConfig
 
 # %% auto 0
-__all__ = ['as_config', 'count_params', 'count_macs', 'saved_bytes', 'MemoryEstimate', 'estimate_memory']
+__all__ = ['as_config', 'count_params', 'count_macs', 'saved_bytes', 'MemoryEstimate', 'estimates_checkpointing',
+           'estimate_memory']
 
 # %% ../nbs/09a_budget.ipynb 5
 def as_config(cfg):
@@ -82,6 +83,10 @@ class MemoryEstimate:
         "Activations, static and total memory in GiB."
         return {k: round(getattr(self, k) / 2**30, 2) for k in ("activations", "static", "total")}
 
+def estimates_checkpointing(cfg) -> bool:
+    "Whether `estimate_memory` knows which stages `cfg`'s checkpointing recomputes: a Qonstraint's, not a baseline's."
+    return isinstance(as_config(cfg), QonstraintConfig)
+
 def estimate_memory(cfg,                                   # a Qonstraint preset name, a network config or a model
                     batch_size:int=256,                    # images per training step
                     amp:bool=True,                         # fp16 autocast (the paper's AMP) or fp32
@@ -89,7 +94,7 @@ def estimate_memory(cfg,                                   # a Qonstraint preset
                     checkpoint_stages:bool=False) -> MemoryEstimate:  # activation checkpointing of the backbone's stages
     "Estimate the GPU memory of one AdamW training step of `cfg` at `batch_size` (computed on the CPU, without data)."
     cfg = as_config(cfg)
-    if checkpoint_stages and not isinstance(cfg, QonstraintConfig):
+    if checkpoint_stages and not estimates_checkpointing(cfg):
         raise QonstraintError(f"checkpoint_stages: the estimate knows which stages a Qonstraint recomputes, not those of {type(cfg).__name__} "
                               "networks. Fix: estimate it with checkpoint_stages=False (an upper bound of its checkpointed memory).")
     with FakeTensorMode():  # shapes and dtypes only: no memory, no arithmetic

@@ -13,7 +13,7 @@ import pandas as pd
 
 from .core import QonstraintError, check_choice
 from .model import PRESETS
-from .baselines import is_baseline
+from .baselines import network_name
 from .runfolder import CONFIG_FILE, LOG_FILES, find_run_dirs, read_json, run_state, write_json
 from .studies import GRID_TEACHER, PAPER_RECIPE, STUDIES, study_runs
 
@@ -39,9 +39,8 @@ def scaled_widths(preset:str, width:float) -> dict:
 # %% ../nbs/16_experiments.ipynb 9
 def run_name(cfg:dict, width:float|None=None) -> str:
     "A grid run's folder name, from the fields the grid varies (a baseline: its name, no head, stem or width; a student: `kd` and how)."
-    depths, baseline = cfg.get("model", {}).get("depths"), is_baseline(cfg["preset"])
-    net = [cfg["preset"].replace(":", "-")] if baseline else [cfg["preset"], cfg["head"], cfg["stem"]]
-    return "-".join(net + [cfg["aug"]] + ([f"d{''.join(map(str, depths))}"] if depths else [])
+    depths = cfg.get("model", {}).get("depths")
+    return "-".join([network_name(cfg["preset"], cfg["head"], cfg["stem"]), cfg["aug"]] + ([f"d{''.join(map(str, depths))}"] if depths else [])
                     + ([f"kd{cfg.get('distill', 'soft')}"] if cfg.get("teacher") else [])
                     + ([] if cfg.get("randaugment", True) else ["norandaug"])
                     + (["mixup"] if tuple(cfg.get("mix_modes", ())) == ("mixup",) else [])

@@ -5,13 +5,11 @@
 # %% ../nbs/09_model.ipynb 2
 from __future__ import annotations
 import math, sys
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from functools import partial
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
-from torch._subclasses.fake_tensor import FakeTensorMode
 from fastcore.basics import patch
 from timm.layers import register_notrace_function, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model

@@ -12,8 +12,7 @@ import numpy as np
 import torch
 
 from .data import TINY_COUNTS, DataBundle, Split, load_dataset, usable_cores
-from .budget import MemoryEstimate, estimate_memory
-from .model import QonstraintConfig
+from .budget import MemoryEstimate, estimate_memory, estimates_checkpointing
 from .baselines import is_baseline
 from .step import MEMORY_SHARE, peak_mem_mb, time_steps
 from .train import Parts, Projection, TrainConfig, build_run, eval_loader, faster_options, time_budget, train_batches
@@ -128,7 +127,7 @@ def plan(cfg:TrainConfig,
         if p.device.type == "cuda": torch.cuda.reset_peak_memory_stats(p.device)
         step_s, n, eval_s = _timed(p, seconds, max_steps)
         peak, device, compiled = peak_mem_mb(p.device), p.device, p.compiled
-        known = isinstance(p.model.cfg, QonstraintConfig)    # the stages checkpointing recomputes: known for Qonstraint, not baselines
+        known = estimates_checkpointing(p.model.cfg)
         est, checkpointed = (estimate_memory(p.model.cfg, one.batch_size, amp=p.amp.enabled, checkpoint_stages=ck)
                              for ck in (cfg.checkpoint_stages and known, known))
         ran = replace(cfg, data_on_device=p.cfg.data_on_device)

@@ -17,8 +17,7 @@ from timm.utils import ModelEmaV3
 from .controller import ConfidenceController, ControlState
 from .core import AmpPolicy, QonstraintError, amp_policy
 from .distributed import reduce_sum, wrap_ddp
-from .model import QonstraintConfig
-from .budget import estimate_memory
+from .budget import estimate_memory, estimates_checkpointing
 from .baselines import network_config
 from .heads import Branches
 
@@ -138,7 +137,9 @@ class Trainer:
     memory_format:torch.memory_format = torch.preserve_format   # of the weights and each batch; channels_last on CUDA
     distill:Distill|None = None  # distillation from a teacher, or none
 
-    def __post_init__(self): self.params = list(self.model.parameters())   # for clipping: gathered once, not every step
+    def __post_init__(self):
+        self.params = list(self.model.parameters())        # for clipping: gathered once, not every step
+        self.no_kd = torch.zeros((), device=self.device)   # the distillation term without a teacher: made once, not every step
 
     def apply(self, s:ControlState):
         "Write the controller's settings for the coming epoch into the optimizer, EMA and model."
@@ -152,7 +153,7 @@ class Trainer:
             for g in self.opt.param_groups: g["lr"] = s.lr*(self.step + 1)/self.warmup_steps
         with self.amp.autocast(self.device.type):
             out = self.forward(x)                                                      # Branches: B, C logits each
-            loss, kd = training_loss(out, target, s.label_smoothing, s.aux_weight), torch.zeros((), device=x.device)
+            loss, kd = training_loss(out, target, s.label_smoothing, s.aux_weight), self.no_kd
             if self.distill is not None:
                 kd = self.distill.term(out, x)
                 loss = (1 - self.distill.alpha)*loss + self.distill.alpha*kd
@@ -258,7 +259,7 @@ MEMORY_SHARE = 0.9   # of a device's memory that a step's estimate may take (the
 def memory_advice(model_cfg, batch:int, device:torch.device, amp:AmpPolicy, checkpoint_stages:bool) -> str|None:
     "On a GPU: a warning when the estimated memory of a step of `batch` images exceeds `MEMORY_SHARE` (90 %) of the card's, naming what lowers it."
     if device.type != "cuda": return None
-    checkpoint_stages &= isinstance(model_cfg, QonstraintConfig)     # a baseline's checkpointing is not estimated: an upper bound
+    checkpoint_stages &= estimates_checkpointing(model_cfg)          # a baseline's checkpointing is not estimated: an upper bound
     est = estimate_memory(model_cfg, batch, amp=amp.enabled, checkpoint_stages=checkpoint_stages)
     card = torch.cuda.get_device_properties(device).total_memory
     if est.total <= MEMORY_SHARE*card: return None

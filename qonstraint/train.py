@@ -27,7 +27,7 @@ from .device_augment import DeviceAugment, DeviceMix, device_batches
 from .distributed import DistEnv, barrier, dist_env, gather_rng_states, join_processes, launch, reduce_sum, wrap_ddp
 from .heads import HEADS
 from .model import PRESETS, Qonstraint, QonstraintConfig
-from .baselines import Baseline, BaselineConfig, is_baseline, network_config
+from .baselines import Baseline, BaselineConfig, is_baseline, network_config, network_name
 from .runfolder import (CLASSES_FILE, CONFIG_FILE, SUMMARY_FILE, WEIGHT_FILES, Run, RunLog, build_network, class_info,
                                   load_checkpoint, log_row, read_classes, read_json, read_run, run_network, run_state, save_checkpoint,
                                   write_config, write_json)
@@ -155,8 +155,7 @@ def check_train_config(c:TrainConfig):
         raise QonstraintError(f"head={c.head!r}, stem={c.stem!r}: head and stem are Qonstraint's; the baseline {c.preset} has its own. "
                               "Fix: leave them at their defaults (sota, soft), or choose a Qonstraint preset.")
     c.model_config(2)  # raises on an unknown preset or an impossible architecture (a baseline: built and run on the meta device)
-    net = c.preset.replace(":", "-") if is_baseline(c.preset) else f"{c.preset}-{c.head}-{c.stem}"
-    if c.run_name is None: c.run_name = f"{net}-{c.aug}-{c.dataset}-s{c.seed}"
+    if c.run_name is None: c.run_name = f"{network_name(c.preset, c.head, c.stem)}-{c.aug}-{c.dataset}-s{c.seed}"
 
 # %% ../nbs/14_train.ipynb 13
 def parse_settings(settings:list[str]) -> dict:
