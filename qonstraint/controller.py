@@ -10,10 +10,10 @@ from dataclasses import asdict, dataclass, replace
 from .core import QonstraintError, check_choice
 
 # %% auto 0
-__all__ = ['CONTROLLERS', 'confidence', 'reward_of', 'clamped_reward', 'ControllerConfig', 'restart_epoch', 'base_lr_at',
-           'aug_phase', 'phase2_starts', 'late_stage', 'ema_decay_at', 'label_smoothing_at', 'drop_path_at',
-           'mix_prob_at', 'aux_weight_at', 'ControlState', 'ConfidenceController', 'plain_lr_at', 'BaseSchedule',
-           'make_controller']
+__all__ = ['LR_RULES', 'CONTROLLERS', 'confidence', 'reward_of', 'clamped_reward', 'ControllerConfig', 'restart_epoch',
+           'cosine_end', 'base_lr_at', 'aug_phase', 'phase2_starts', 'late_stage', 'ema_decay_at', 'label_smoothing_at',
+           'drop_path_at', 'mix_prob_at', 'aux_weight_at', 'ControlState', 'ConfidenceController', 'plain_lr_at',
+           'BaseSchedule', 'make_controller', 'lr_reading']
 
 # %% ../nbs/10_controller.ipynb 5
 def confidence(reward:float) -> float:
@@ -29,15 +29,19 @@ def clamped_reward(val_top1:float, prev_top1:float, clip:float) -> float:
     return max(-clip, min(clip, val_top1 - prev_top1))
 
 # %% ../nbs/10_controller.ipynb 8
+LR_RULES = ("rebase", "compound")   # how a boost and the fallback combine: see `ConfidenceController`
+
 @dataclass(frozen=True)
 class ControllerConfig:
     "Every constant of the paper's confidence control (section III.C.4), with its unit."
     epochs:int = 70                 # length of the run, in epochs
-    base_lr:float = 5e-4            # start of each cosine cycle
-    min_lr:float = 1e-4             # end of each cosine cycle, and the floor of the LR
+    base_lr:float = 5e-4            # start of the first cosine, and the top of the late push
+    min_lr:float = 1e-4             # end of the first cosine, and the floor of the LR
     max_lr:float = 6e-4             # ceiling of boosts; plateau resets go to 0.6·max_lr (see the table check)
     warmup_epochs:int = 1           # linear warm-up of the base schedule
-    explore_epochs:int = 10         # the warm restart: a second cosine over the last `explore_epochs` epochs (0: none)
+    lr_rule:str = "rebase"          # "rebase": a boost or reset lifts the next epoch's base LR | "compound": the earlier reading
+    cosine_frac:float = 2/3         # "rebase": the first cosine reaches min_lr at this fraction of the epochs (47 of 70)
+    explore_epochs:int = 10         # the late push over the last epochs ("rebase": rising to base_lr; "compound": a second cosine; 0: none)
     reward_clip:float = 5.0         # |reward| limit, in accuracy points
     boost_confidence:float = 0.7    # boost the LR when reward > 0 and confidence exceeds this
     boost_gain:float = 0.065        # LR ← LR·(1 + boost_gain·reward)
@@ -64,19 +68,31 @@ class ControllerConfig:
             raise QonstraintError(f"need 0 < min_lr <= base_lr <= max_lr, got {self.min_lr}, {self.base_lr}, {self.max_lr}")
         if self.patience < 1: raise QonstraintError(f"patience must be at least 1, got {self.patience}")
         if self.explore_epochs < 0: raise QonstraintError(f"explore_epochs must be >= 0, got {self.explore_epochs}")
+        if not 0 < self.cosine_frac <= 1: raise QonstraintError(f"cosine_frac must be in (0, 1], got {self.cosine_frac}")
+        check_choice("lr_rule", self.lr_rule, LR_RULES)
 
 def restart_epoch(cfg:ControllerConfig) -> int|None:
-    "The epoch (from 1) where the warm restart lifts the base LR back to base_lr; None when the run has room for one cosine only."
+    "The first epoch of the late push (the last `explore_epochs`); None when the run has room for one cosine only."
     r = cfg.epochs - cfg.explore_epochs + 1
     return r if cfg.explore_epochs >= 2 and r > cfg.warmup_epochs + 2 else None
 
-def base_lr_at(cfg:ControllerConfig, epoch:int) -> float:
-    "The base schedule's LR for `epoch` (counted from 1): linear warm-up, a cosine base_lr → min_lr, restarted for the last epochs."
-    if epoch <= cfg.warmup_epochs: return cfg.base_lr*epoch/cfg.warmup_epochs
+def cosine_end(cfg:ControllerConfig) -> int:
+    "The epoch where the first cosine reaches min_lr: `cosine_frac` of the run (\"rebase\"), or the epoch before the late push (\"compound\")."
     r = restart_epoch(cfg)
-    first, last = (r, cfg.epochs) if r and epoch >= r else (cfg.warmup_epochs + 1, r - 1 if r else cfg.epochs)
-    t = min(epoch - first, last - first)/max(1, last - first)    # 0 at the cycle's first epoch, 1 at its last (and after)
-    return cfg.min_lr + 0.5*(cfg.base_lr - cfg.min_lr)*(1 + math.cos(math.pi*t))
+    last = r - 1 if r else cfg.epochs
+    return min(last, max(cfg.warmup_epochs + 1, round(cfg.cosine_frac*cfg.epochs))) if cfg.lr_rule == "rebase" else last
+
+def _half_cosine(cfg:ControllerConfig, t:float) -> float:
+    "base_lr at t = 0 down to min_lr at t = 1 along a half cosine (t clipped to [0, 1])."
+    return cfg.min_lr + 0.5*(cfg.base_lr - cfg.min_lr)*(1 + math.cos(math.pi*min(1.0, max(0.0, t))))
+
+def base_lr_at(cfg:ControllerConfig, epoch:int) -> float:
+    "The base schedule's LR for `epoch` (counted from 1): linear warm-up, a cosine base_lr → min_lr, and the late push."
+    if epoch <= cfg.warmup_epochs: return cfg.base_lr*epoch/cfg.warmup_epochs
+    r, first = restart_epoch(cfg), cfg.warmup_epochs + 1
+    if r and epoch >= r and cfg.lr_rule == "rebase": return _half_cosine(cfg, (cfg.epochs - epoch)/(cfg.epochs - r + 1))  # rising to base_lr
+    if r and epoch >= r: return _half_cosine(cfg, (epoch - r)/max(1, cfg.epochs - r))                                   # "compound": decaying
+    return _half_cosine(cfg, (epoch - first)/max(1, cosine_end(cfg) - first))
 
 # %% ../nbs/10_controller.ipynb 12
 def aug_phase(epoch:int,    # the current epoch, counted from 0
@@ -168,16 +184,23 @@ class ConfidenceController:
         stalled = self.since_growth >= c.patience                     # no growth in `patience` epochs
         plateau = stalled and self.since_boost >= c.patience          # ... and no boost or reset either
         nxt = s.epoch + 1
-        ratio = base_lr_at(c, nxt)/base_lr_at(c, s.epoch)
-        if reward > 0 and conf > c.boost_confidence: lr, event = min(c.max_lr, s.lr*(1 + c.boost_gain*reward)), "boost"
-        elif plateau: lr, event = max(s.lr, c.reset_frac*c.max_lr), "plateau_reset"
-        else: lr, event = min(c.max_lr, max(c.min_lr, s.lr*ratio)), ("restart" if ratio > 1 and nxt > c.warmup_epochs else "")
+        lr_old = s.lr if c.lr_rule == "compound" else base_lr_at(c, nxt)    # what a boost multiplies and a reset lifts
+        if reward > 0 and conf > c.boost_confidence: lr, event = min(c.max_lr, lr_old*(1 + c.boost_gain*reward)), "boost"
+        elif plateau: lr, event = max(lr_old, c.reset_frac*c.max_lr), "plateau_reset"
+        else: lr, event = self._fallback(nxt)
         if event in ("boost", "plateau_reset"): self.since_boost = 0
         cap = c.momentum_caps[late_stage(c, nxt)]
         momentum = s.momentum + c.momentum_gain*reward - (c.plateau_momentum_step if stalled else 0)
         momentum = min(cap, max(c.momentum_floor, momentum))
         self.state = self._settings(nxt, lr, momentum, reward, conf, event)
         return self.state
+
+    def _fallback(self, nxt:int) -> tuple[float, str]:
+        "The LR of epoch `nxt` when neither a boost nor a reset set it, and its event (\"restart\" where the late push starts)."
+        c, s = self.cfg, self.state
+        if c.lr_rule == "rebase": return base_lr_at(c, nxt), ("restart" if nxt == restart_epoch(c) else "")
+        ratio = base_lr_at(c, nxt)/base_lr_at(c, s.epoch)
+        return min(c.max_lr, max(c.min_lr, s.lr*ratio)), ("restart" if ratio > 1 and nxt > c.warmup_epochs else "")
 
     def state_dict(self) -> dict:
         "Everything needed to continue exactly: the counters and the current state (plain numbers)."
@@ -198,7 +221,7 @@ CONTROLLERS = ("paper", "off")
 
 def plain_lr_at(cfg:ControllerConfig, epoch:int) -> float:
     "The LR of `controller='off'` for `epoch` (from 1): the warm-up, then one cosine base_lr → min_lr at the last epoch."
-    return base_lr_at(replace(cfg, explore_epochs=0), epoch)
+    return base_lr_at(replace(cfg, explore_epochs=0, cosine_frac=1.0), epoch)
 
 class BaseSchedule:
     "`controller='off'`: the base LR schedule alone, with β1, EMA decay, smoothing, DropPath and mixing at their base values."
@@ -239,3 +262,20 @@ def make_controller(setting:str|dict,   # "paper", "off", or a dict of overrides
     if isinstance(setting, dict): return ConfidenceController(epochs, **schedule, **setting)
     if check_choice("controller", setting, CONTROLLERS) == "off": return BaseSchedule(epochs, momentum, **schedule)
     return ConfidenceController(epochs, **schedule)
+
+# %% ../nbs/10_controller.ipynb 40
+def lr_reading(cfg:ControllerConfig, epoch:int, lr:float,
+               prev_reward:float|None=None,  # the reward of the epoch before, where known (None: any within the clamp)
+               tol:float=5e-7                # how closely `lr` is known: half a unit of its last printed decimal
+              ) -> tuple[str, float|None]:
+    "How the \"rebase\" rule gives `lr` at `epoch`: (\"base\" | \"boost\" | \"reset\" | \"unreachable\", the reward a boost needs)."
+    base, gain = base_lr_at(cfg, epoch), cfg.boost_gain
+    boosts = prev_reward is None or (prev_reward > 0 and confidence(prev_reward) > cfg.boost_confidence)
+    if prev_reward is None or not boosts:
+        if abs(base - lr) <= tol: return "base", None
+        if abs(max(base, cfg.reset_frac*cfg.max_lr) - lr) <= tol: return "reset", None
+    if not boosts or epoch == 1: return "unreachable", None
+    need = (lr/base - 1)/gain                                        # the reward that boosts the base to `lr`
+    rewards = (prev_reward, prev_reward) if prev_reward is not None else (reward_of(cfg.boost_confidence), cfg.reward_clip)
+    lo, hi = (min(cfg.max_lr, base*(1 + gain*r)) for r in rewards)
+    return ("boost", round(need, 3)) if lo - tol <= lr <= hi + tol else ("unreachable", None)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb 2
 from __future__ import annotations
-import contextlib, os, random, tempfile
+import contextlib, errno, os, random, shutil, tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +14,8 @@ import torch
 # %% auto 0
 __all__ = ['P100_FIX', 'AMP_MODES', 'KAGGLE_ROOT', 'QonstraintError', 'check_choice', 'seed_everything', 'seed_worker',
            'loader_seeding', 'get_rng_state', 'set_rng_state', 'arch_supported', 'cuda_arch_error', 'check_cuda_arch',
-           'get_device', 'AmpPolicy', 'amp_policy', 'on_kaggle', 'work_dir', 'cache_dir', 'atomic_write']
+           'get_device', 'AmpPolicy', 'amp_policy', 'on_kaggle', 'work_dir', 'cache_dir', 'free_bytes', 'WriteError',
+           'writing', 'atomic_write', 'atomic_write_bytes']
 
 # %% ../nbs/00_core.ipynb 5
 class QonstraintError(Exception):
@@ -159,18 +160,49 @@ def cache_dir(root:Path=KAGGLE_ROOT) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home()/".cache"))/"qonstraint"
 
 # %% ../nbs/00_core.ipynb 34
+def free_bytes(path:Path|str) -> int:
+    "Bytes free on the filesystem that holds `path` (or its nearest existing parent)."
+    path = Path(path).absolute()
+    while not path.exists(): path = path.parent
+    return shutil.disk_usage(path).free
+
+def _mib(n:int) -> str: return f"{n/2**20:.1f} MiB"
+
+class WriteError(QonstraintError):
+    "A file that could not be written: which, the space it needed (where known) and the space free."
+    def __init__(self, path:Path|str, error:BaseException, needed:int|None=None):
+        self.path, self.needed, self.free = Path(path), needed, free_bytes(Path(path).parent)
+        need = f"it needed {_mib(needed)}" if needed is not None else "its size was not known in advance"
+        self.problem = (f"could not write {self.path} ({type(error).__name__}: {str(error)[:200]}); {need}, {_mib(self.free)} "
+                        "free on its filesystem")
+        super().__init__(f"{self.problem}. Fix: free space (or write elsewhere), then run the same command again.")
+
+@contextlib.contextmanager
+def writing(path:Path|str, needed:int|None=None):
+    "Turn an `OSError`/`RuntimeError` raised while writing `path` into a `WriteError`."
+    try: yield
+    except WriteError: raise
+    except (OSError, RuntimeError) as e: raise WriteError(path, e, needed) from e
+
 @contextlib.contextmanager
 def atomic_write(path:Path|str, mode:str="wb"):
-    "Open a temporary file beside `path`; it replaces `path` only if the `with` block finishes."
+    "Open a temporary file beside `path`; it replaces `path` only if the `with` block finishes (a failed write: `WriteError`)."
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, mode) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+def atomic_write_bytes(path:Path|str, data:bytes):
+    "Write `data` to `path` atomically, refusing before writing anything when the filesystem lacks the space for it."
+    if len(data) > free_bytes(Path(path).parent):
+        raise WriteError(path, OSError(errno.ENOSPC, "not enough space for the new file"), len(data))
+    with writing(path, len(data)), atomic_write(path) as f: f.write(data)

@@ -18,8 +18,9 @@ from .runfolder import CONFIG_FILE, LOG_FILES, find_run_dirs, read_json, run_sta
 from .studies import GRID_TEACHER, PAPER_RECIPE, STUDIES, study_runs
 
 # %% auto 0
-__all__ = ['SIZES', 'UNSCALED', 'MIN_MINUTES', 'TRAIN_NB', 'PATH_FIELDS', 'scaled_widths', 'run_name', 'GridRun', 'paper_grid',
-           'grid_teacher', 'papermill_run', 'run_grid', 'portable_config', 'export_logs']
+__all__ = ['SIZES', 'UNSCALED', 'MIN_MINUTES', 'TRAIN_NB', 'PATH_FIELDS', 'SHIPPED', 'RESOLVED_FIELDS', 'scaled_widths',
+           'run_name', 'GridRun', 'paper_grid', 'grid_teacher', 'papermill_run', 'run_grid', 'portable_config',
+           'export_logs']
 
 # %% ../nbs/16_experiments.ipynb 5
 SIZES = {
@@ -116,7 +117,7 @@ def run_grid(grid:list[GridRun],    # from `paper_grid`
     plan = pd.DataFrame([dict(run=r.name, studies=", ".join(r.studies), state=run_state(out_dir/r.name)) for r in grid])
     plan["action"] = plan.state.map(dict(new="train", stopped="resume", finished="skip", broken="refuse"))
     if (plan.state == "broken").any():
-        raise QonstraintError(f"run folder(s) in {out_dir} cannot be continued (no last.pt, or an unreadable summary.json): "
+        raise QonstraintError(f"run folder(s) in {out_dir} cannot be continued (neither config.json nor last.pt, or an unreadable summary.json): "
                               f"{', '.join(plan.run[plan.state == 'broken'])}. Fix: look at them, then delete or move them "
                               "away and run the grid again (nothing was trained).")
     if dry_run: return plan
@@ -155,3 +156,11 @@ def export_logs(src, dst) -> list[str]:
         write_json(Path(dst)/d.name/CONFIG_FILE, portable_config(read_json(d/CONFIG_FILE), d.absolute()))
         names.append(d.name)
     return names
+
+# %% ../nbs/16_experiments.ipynb 27
+SHIPPED = {   # folder under data/: the paper_grid arguments of the grid whose logs it holds (Makefile: grid, grid-baselines)
+    "runs/cpu": dict(size="cpu", studies=("main", "controller", "stem", "depth", "version", "head"), ablation_seeds=(0, 1)),
+    "baselines/cpu": dict(size="cpu", studies=("baselines",), seeds=(0,), epochs=12),
+    "controller/compound-cpu": dict(size="cpu", studies=("main",), controller={"explore_epochs": 4, "lr_rule": "compound"}),  # the earlier LR reading
+}
+RESOLVED_FIELDS = ("data_on_device", "out_dir", "data_dir", "init_from", "teacher", "resume", "max_minutes")  # set by the run, not the study

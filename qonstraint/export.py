@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import QonstraintError
+from .core import QonstraintError, writing
 from .runfolder import WEIGHT_FILES, build_network
 
 # %% auto 0
@@ -142,7 +142,7 @@ def export_command(args:argparse.Namespace) -> int:
     if args.int8 and args.format != "onnx": raise QonstraintError("--int8 needs --format onnx")
     model = build_network(args.run_dir, args.weights)
     out = Path(args.out) if args.out else Path(args.run_dir)/EXPORT_FORMATS[args.format]
-    path = (export_onnx if args.format == "onnx" else export_torchscript)(model, out)
+    with writing(out): path = (export_onnx if args.format == "onnx" else export_torchscript)(model, out)   # a full disk: WriteError
     c = check_export(model, path, example_batch(model, 5))
     if c["max_abs_diff"] > 1e-3 or c["top1_agreement"] < 100:
         raise QonstraintError(f"{path} does not reproduce the PyTorch model (max |logit difference| {c['max_abs_diff']:.2e}, "

@@ -31,7 +31,7 @@ __all__ = ['PAPER_LABEL', 'PAPER_EPOCHS', 'PAPER_HEAD_LOW_EPOCHS', 'PAPER_LINE_L
            'paper_run_epochs', 'data_label', 'with_x', 'paper_x', 'fig_lr', 'fig_confidence', 'fig_curves',
            'fig_controller', 'fig_stem', 'fig_depth', 'fig_version', 'fig_heads', 'peak_metrics', 'table_peak',
            'match_epoch', 'table_epoch_summary', 'table_comparison', 'fig_comparison', 'Claim', 'judge', 'table_claims',
-           'save_figure', 'to_markdown', 'save_table', 'paper_axes', 'write_outputs']
+           'table_lr_rule', 'save_figure', 'to_markdown', 'save_table', 'paper_axes', 'write_outputs']
 
 # %% ../nbs/17_figures.ipynb 6
 def run_rows(run:Run,          # a run folder's record, from `qonstraint.runfolder.read_run`
@@ -676,6 +676,24 @@ def table_claims(runs:pd.DataFrame, paper:Paper|None=None,
     return pd.DataFrame(rows).astype({"a_runs": "Int64", "b_runs": "Int64"})
 
 # %% ../nbs/17_figures.ipynb 86
+def table_lr_rule(rebase:pd.DataFrame,   # runs with the main study under lr_rule="rebase" (`load_runs`)
+                  compound:pd.DataFrame  # the same runs under lr_rule="compound"
+                 ) -> pd.DataFrame:
+    "Per head and metric (peak and last val top-1): each seed under both LR readings, mean ± std, difference, spread, separable."
+    rows = []
+    for head in STUDIES["main"].variants:
+        sides = {rule: select_runs(df, "main").query("variant == @head") for rule, df in (("rebase", rebase), ("compound", compound))}
+        for metric, of in (("peak val top-1", lambda r: r.val_top1.max()), ("last val top-1", lambda r: r.val_top1.iloc[-1])):
+            v = {rule: sel.groupby("seed").apply(of, include_groups=False) for rule, sel in sides.items()}
+            j = judge(v["rebase"].to_numpy(), v["compound"].to_numpy(), ">", ("rebase", "compound"))
+            stat = lambda s: f"{s.mean():.1f} ± {s.std(ddof=1):.1f}" if len(s) > 1 else "" if s.empty else f"{s.iloc[0]:.1f}"
+            rows.append(dict(head=head, metric=metric, seeds=", ".join(map(str, sorted(set(v["rebase"].index) | set(v["compound"].index)))),
+                             rebase_by_seed=", ".join(f"{x:.1f}" for x in v["rebase"]), compound_by_seed=", ".join(f"{x:.1f}" for x in v["compound"]),
+                             rebase=stat(v["rebase"]), compound=stat(v["compound"]), difference=round(j["difference"], 2),
+                             spread=round(j["spread"], 2), separable=j["verdict"] in ("holds", "reversed")))
+    return pd.DataFrame(rows)
+
+# %% ../nbs/17_figures.ipynb 90
 DPI = 100  # pixels per inch of the saved PNGs
 
 def save_figure(fig:Figure, path:Path|str) -> Path:
@@ -703,7 +721,7 @@ FIGURES = {"fig_lr": fig_lr, "fig_confidence": fig_confidence, "fig_momentum": f
 TABLES = {"table_peak": table_peak, "table_epoch_summary": table_epoch_summary, "table_claims": table_claims}
 COMPARISON = {"table_comparison": table_comparison, "fig_comparison": fig_comparison}   # made from the baselines study's runs
 
-# %% ../nbs/17_figures.ipynb 90
+# %% ../nbs/17_figures.ipynb 94
 AT_PAPER_EPOCHS = ("fig_lr", "fig_confidence", "fig_momentum", "fig_accuracy", "fig_controller", "fig_version", "fig_heads")
 
 def paper_axes(runs:pd.DataFrame) -> dict:

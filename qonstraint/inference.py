@@ -80,6 +80,7 @@ class Predictor:
     def from_files(cls, weights:Path|str,      # model.safetensors, or a training checkpoint (.pt)
                    config:Path|str,            # the run's config.json
                    classes:Path|str|None=None, # the run's classes.json; None: next to config.json
+                   verify:bool=True,           # False: load the weights without checking their checksum (checksums.json)
                    **kwargs) -> Predictor:     # `device`, `batch_size`
         "A predictor from a weights file and its run's `config.json` and `classes.json`."
         config, weights = Path(config), Path(weights)
@@ -87,15 +88,16 @@ class Predictor:
         cfg = read_json(config, "Fix: pass the config.json of the run that wrote the weights.")
         info = (read_classes(config.parent, cfg) if classes is None else
                 read_json(classes, "Fix: pass the classes.json of the run that wrote the weights."))
-        model, which = load_network(weights, cfg, config.parent)
+        model, which = load_network(weights, cfg, config.parent, verify)
         return cls(model, info["classes"], info["class_names"], info["mean"], info["std"], which, **kwargs)
 
     @classmethod
     def from_run(cls, run_dir:Path|str,
                  weights:str="final",          # "final" (model.safetensors) | "best" | "last" (checkpoints)
+                 verify:bool=True,             # False: load the weights without checking their checksum
                  **kwargs) -> Predictor:       # `device`, `batch_size`
-        "A predictor from a run folder written by training: the run's own network, with its `weights`."
-        return cls.from_files(weights_file(run_dir, weights), Path(run_dir)/CONFIG_FILE, **kwargs)
+        "A predictor from a run folder written by training: the run's own network, with its `weights` (checksum verified)."
+        return cls.from_files(weights_file(run_dir, weights), Path(run_dir)/CONFIG_FILE, verify=verify, **kwargs)
 
     def __repr__(self):
         c = self.model.cfg

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_runfolder.ipynb 2
 from __future__ import annotations
-import csv, json, os, subprocess, warnings
+import csv, hashlib, io, json, os, socket, subprocess, time, warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,22 +15,25 @@ from safetensors import safe_open
 
 import qonstraint
 from .controller import ControlState
-from .core import QonstraintError, atomic_write, check_choice
+from .core import QonstraintError, atomic_write, atomic_write_bytes, check_choice, writing
 from .data import load_dataset
 from .model import Qonstraint, QonstraintConfig
 from .baselines import Baseline, BaselineConfig, config_from_json, network_config
 
 # %% auto 0
-__all__ = ['CONFIG_FILE', 'CLASSES_FILE', 'LOG_FILE', 'SUMMARY_FILE', 'LOG_FILES', 'WEIGHT_FILES', 'ADD_RUNS', 'LOG_COLUMNS',
-           'TIMING_COLUMNS', 'OPTIONAL_COLUMNS', 'CKPT_FORMAT', 'write_json', 'read_json', 'log_columns', 'log_row',
-           'RunLog', 'git_commit', 'write_config', 'run_network', 'save_checkpoint', 'load_checkpoint', 'load_weights',
-           'Run', 'read_log', 'read_run', 'run_state', 'find_run_dirs', 'weights_file', 'load_network', 'build_network',
-           'upgrade_run', 'class_info', 'read_classes', 'write_classes_file']
+__all__ = ['CONFIG_FILE', 'CLASSES_FILE', 'LOG_FILE', 'SUMMARY_FILE', 'LOG_FILES', 'WEIGHT_FILES', 'LOCK_FILE', 'ADD_RUNS',
+           'LOG_COLUMNS', 'TIMING_COLUMNS', 'OPTIONAL_COLUMNS', 'CKPT_FORMAT', 'CHECKSUM_FILE', 'write_json',
+           'read_json', 'log_columns', 'log_row', 'RunLog', 'git_commit', 'write_config', 'run_network',
+           'read_checksums', 'sha256_file', 'write_weights', 'verify_weights', 'trust_weights', 'settings_diff',
+           'save_checkpoint', 'load_checkpoint', 'load_weights', 'Run', 'read_log', 'read_run', 'run_state',
+           'run_contents', 'find_run_dirs', 'RunLock', 'weights_file', 'load_network', 'build_network', 'upgrade_run',
+           'class_info', 'read_classes', 'write_classes_file']
 
 # %% ../nbs/11_runfolder.ipynb 5
 CONFIG_FILE, CLASSES_FILE, LOG_FILE, SUMMARY_FILE = "config.json", "classes.json", "log.csv", "summary.json"
 LOG_FILES = (CONFIG_FILE, LOG_FILE, SUMMARY_FILE)   # a run's record: read by the figures, shipped in data/runs/
 WEIGHT_FILES = {"final": "model.safetensors", "best": "best.pt", "last": "last.pt"}  # `weights=` choices
+LOCK_FILE = "run.lock"   # who writes the run folder now: host, pid, started (empty once released)
 ADD_RUNS = ("Add runs: train them with nbs/train.ipynb or `qonstraint train` (`qonstraint grid` runs the ablation grid), or copy "
             "Kaggle run folders /kaggle/working/runs/<run> into data/runs/ (logs only: config.json, log.csv, summary.json).")
 
@@ -92,8 +95,9 @@ class RunLog:
         with atomic_write(self.path, "w") as f:
             w = csv.DictWriter(f, log_columns(rows[0] if rows else {}), lineterminator="\n"); w.writeheader(); w.writerows(kept)
     def append(self, row:dict):
+        "Append one epoch's row and sync it to disk (a failed write: `WriteError`)."
         new = not self.path.is_file()
-        with open(self.path, "a", newline="") as f:
+        with writing(self.path), open(self.path, "a", newline="") as f:
             w = csv.DictWriter(f, log_columns(row), lineterminator="\n")
             if new: w.writeheader()
             w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
@@ -131,15 +135,68 @@ def run_network(config:dict, run_dir:Path|str) -> QonstraintConfig|BaselineConfi
 
 # %% ../nbs/11_runfolder.ipynb 18
 CKPT_FORMAT = "qonstraint-train-v1"
+CHECKSUM_FILE = "checksums.json"    # file name -> sha256, bytes (and a checkpoint's epoch) of each file of weights
+
+def read_checksums(run_dir:Path|str) -> dict:
+    "The SHA-256 manifest of a run folder's files of weights (empty for a folder from before checksums)."
+    path = Path(run_dir)/CHECKSUM_FILE
+    return read_json(path, "Fix: trust_weights(run_dir) records the checksums of the files there now.") if path.is_file() else {}
+
+def sha256_file(path:Path|str) -> str:
+    "The SHA-256 of a file, read in 16 MiB chunks."
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(2**24): h.update(chunk)
+    return h.hexdigest()
+
+def write_weights(path:Path|str, data:bytes|memoryview, **facts):
+    "Write a file of weights atomically and record its SHA-256 (and `facts`, e.g. the epoch) in the folder's checksums.json."
+    path = Path(path)
+    sums, entry = read_checksums(path.parent), dict(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data), **facts)
+    if old := sums.get(path.name):  # until the new file is in place, the old one stays valid
+        write_json(path.parent/CHECKSUM_FILE, sums | {path.name: entry | dict(previous=old["sha256"])})
+    atomic_write_bytes(path, data)
+    write_json(path.parent/CHECKSUM_FILE, sums | {path.name: entry})
+
+def verify_weights(path:Path|str, verify:bool=True):
+    "Check a file of weights against the SHA-256 its run folder recorded; a notice where none was recorded."
+    path = Path(path)
+    entry = read_checksums(path.parent).get(path.name) if verify else {}
+    if entry is None:
+        warnings.warn(f"{path}: no checksum recorded (a run folder from before checksums, or copied without {CHECKSUM_FILE}): "
+                      "loaded unverified.", stacklevel=3)
+    elif entry and (got := sha256_file(path)) not in (entry["sha256"], entry.get("previous")):
+        raise QonstraintError(f"{path} is not the file its run wrote: its SHA-256 is {got[:16]}… ({path.stat().st_size} bytes) where "
+                              f"{CHECKSUM_FILE} recorded {entry['sha256'][:16]}… ({entry['bytes']} bytes). It is damaged or was replaced. "
+                              "Fix: copy it again from the run, with its checksums.json; or, if you know it is right, load it with "
+                              "verify=False, or record it with qonstraint.runfolder.trust_weights(run_dir).")
+
+def trust_weights(run_dir:Path|str) -> dict:
+    "Record in checksums.json the SHA-256 of the files of weights a run folder holds now (for files replaced on purpose)."
+    run_dir, sums = Path(run_dir), read_checksums(run_dir)
+    sums |= {f: dict(sums.get(f, {}), sha256=sha256_file(run_dir/f), bytes=(run_dir/f).stat().st_size)
+             for f in WEIGHT_FILES.values() if (run_dir/f).is_file()}
+    for e in sums.values(): e.pop("previous", None)
+    write_json(run_dir/CHECKSUM_FILE, sums)
+    return sums
+
+def settings_diff(saved:dict, now:dict) -> dict:
+    "The settings (TrainConfig fields) of `now` that `saved` records otherwise, as {field: (now, saved)}; resume and max_minutes may differ."
+    plain = lambda d: json.loads(json.dumps(d, default=str))   # tuples and lists alike
+    saved, now = plain(saved), plain(now)
+    return {k: (v, saved.get(k)) for k, v in now.items() if k not in ("resume", "max_minutes") and saved.get(k) != v}
 
 def save_checkpoint(path:Path|str, **state):
-    "Write a training state atomically."
-    with atomic_write(path) as f: torch.save(dict(format=CKPT_FORMAT, **state), f)
+    "Write a training state atomically, its checksum (and epoch) recorded."
+    buf = io.BytesIO()
+    torch.save(dict(format=CKPT_FORMAT, **state), buf)
+    write_weights(path, buf.getbuffer(), epoch=state.get("epoch"))
 
-def load_checkpoint(path:Path|str, config:dict|None=None) -> dict:
-    "Read a checkpoint safely (`weights_only=True`); with `config`, it must come from a run with that configuration."
+def load_checkpoint(path:Path|str, config:dict|None=None, verify:bool=True) -> dict:
+    "Read a checkpoint safely (`weights_only=True`, its checksum verified); with `config`, it must come from a run with that configuration."
     path = Path(path)
     if not path.is_file(): raise QonstraintError(f"no checkpoint at {path}. Fix: check the run folder, or train with resume=False.")
+    verify_weights(path, verify)
     try: ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise QonstraintError(f"cannot read checkpoint {path} ({type(e).__name__}: {str(e)[:200]}). It is truncated, "
@@ -147,25 +204,25 @@ def load_checkpoint(path:Path|str, config:dict|None=None) -> dict:
                               "resume from best.pt by copying it to last.pt, or start a new run.") from e
     if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
         raise QonstraintError(f"{path} is not a qonstraint training checkpoint (format {CKPT_FORMAT}).")
-    if config is not None:
-        diff = {k: (v, ck["config"].get(k)) for k, v in config.items() if k not in ("resume", "max_minutes") and ck["config"].get(k) != v}
-        if diff: raise QonstraintError(f"{path} was written by a run with other settings (now, then): {diff}. "
-                                       "Fix: resume with the run's own settings, or use another run_name.")
+    if config is not None and (diff := settings_diff(ck["config"], config)):
+        raise QonstraintError(f"{path} was written by a run with other settings (now, then): {diff}. "
+                              "Fix: resume with the run's own settings, or use another run_name.")
     return ck
 
-def load_weights(path:Path|str) -> tuple[dict, str]:
-    "A state dict and which weights it is, from `model.safetensors` or a training checkpoint (`weights_only=True`)."
+def load_weights(path:Path|str, verify:bool=True) -> tuple[dict, str]:
+    "A state dict and which weights it is, from `model.safetensors` or a training checkpoint (`weights_only=True`, checksum verified)."
     path = Path(path)
     if path.suffix != ".safetensors":
-        ck = load_checkpoint(path)
+        ck = load_checkpoint(path, verify=verify)
         return ck["model"], f"{path.stem} checkpoint (epoch {ck['epoch']})"
+    verify_weights(path, verify)
     try:
         with safe_open(path, "pt") as f: return {k: f.get_tensor(k) for k in f.keys()}, (f.metadata() or {}).get("weights", "final")
     except Exception as e:
         raise QonstraintError(f"cannot read weights {path} ({type(e).__name__}: {str(e)[:200]}): it is damaged or not a "
                               "safetensors file. Fix: copy it again from the run, or use weights='best'.") from e
 
-# %% ../nbs/11_runfolder.ipynb 20
+# %% ../nbs/11_runfolder.ipynb 21
 @dataclass
 class Run:
     "A run folder's record: its folder, per-epoch history, summary and configuration."
@@ -199,14 +256,24 @@ def read_run(run_dir:Path|str) -> Run:
     return Run(d, read_log(d), read_json(d/SUMMARY_FILE), read_json(d/CONFIG_FILE))
 
 def run_state(run_dir:Path|str) -> str:
-    "`new`, `finished`, `stopped` (resumable) or `broken`: what a run folder allows."
+    "`new`, `finished`, `stopped` (resumable: from last.pt, or from the start if it stopped before one) or `broken`."
     run_dir = Path(run_dir)
     if not run_dir.exists(): return "new"
     if (run_dir/SUMMARY_FILE).is_file():
         try: status = json.loads((run_dir/SUMMARY_FILE).read_text()).get("status")
         except (json.JSONDecodeError, AttributeError): return "broken"
         if status == "finished": return "finished"
-    return "stopped" if (run_dir/WEIGHT_FILES["last"]).is_file() else "broken"
+    if (run_dir/WEIGHT_FILES["last"]).is_file() or (run_dir/CONFIG_FILE).is_file(): return "stopped"
+    return "new" if {p.name for p in run_dir.iterdir()} <= {LOCK_FILE} else "broken"
+
+def run_contents(run_dir:Path|str) -> str:
+    "What a run folder holds, in words: the epochs of its log and of its checkpoints."
+    run_dir, sums = Path(run_dir), read_checksums(run_dir)
+    epochs = [int(r["epoch"]) for r in RunLog(Path(run_dir)/LOG_FILE).rows()]
+    held = [f"log.csv with epochs {epochs[0]}–{epochs[-1]}" if epochs else "no logged epoch"]
+    for f in ("last.pt", "best.pt"):
+        held.append(f"{f} after epoch {sums.get(f, {}).get('epoch', '?')}" if (run_dir/f).is_file() else f"no {f}")
+    return ", ".join(held)
 
 def find_run_dirs(path:Path|str) -> list[Path]:
     "Every folder under `path` holding one of a run's record files (hidden folders skipped), sorted."
@@ -214,7 +281,50 @@ def find_run_dirs(path:Path|str) -> list[Path]:
     found = {p.parent for name in LOG_FILES for p in path.rglob(name)}
     return sorted(d for d in found if not any(part.startswith(".") for part in d.relative_to(path).parts))
 
-# %% ../nbs/11_runfolder.ipynb 22
+# %% ../nbs/11_runfolder.ipynb 23
+def _try_lock(fd:int) -> bool:
+    "Take an exclusive OS lock on the open file `fd` without waiting; False if another process holds it."
+    try:
+        if os.name == "nt":
+            import msvcrt; msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl; fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError: return False
+
+def _holder(fd:int) -> str:
+    "Who the lock file `fd` says holds it, in words ('' when it names no one)."
+    os.lseek(fd, 0, os.SEEK_SET)
+    try: h = json.loads(os.read(fd, 4096) or b"{}")
+    except json.JSONDecodeError: return ""
+    return f"process {h['pid']} on {h['host']}, started {h['started']}" if h else ""
+
+class RunLock:
+    "The one writer's lock on a run folder: taken on entry (or a `QonstraintError` naming the holder), released on exit."
+    def __init__(self, run_dir:Path|str): self.dir, self.fd = Path(run_dir), None
+
+    def __enter__(self) -> RunLock:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir/LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        if not _try_lock(fd):
+            holder = _holder(fd); os.close(fd)
+            raise QonstraintError(f"run folder {self.dir} is being written by another process ({holder or 'unknown'}). Two writers would "
+                                  "interleave its log and overwrite each other's checkpoints. Fix: wait for that run to finish, or stop "
+                                  "it (then resume=True continues it), or train under another run_name.")
+        if left := _holder(fd):
+            warnings.warn(f"run folder {self.dir}: taking over the lock left by {left}, which no longer runs (killed, or its "
+                          "session lost); the folder is as that process left it.", stacklevel=2)
+        me = dict(host=socket.gethostname(), pid=os.getpid(), started=time.strftime("%Y-%m-%d %H:%M:%S"))
+        os.ftruncate(fd, 0); os.lseek(fd, 0, os.SEEK_SET); os.write(fd, json.dumps(me).encode()); os.fsync(fd)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        os.ftruncate(self.fd, 0)          # released cleanly: no holder left behind
+        os.close(self.fd)
+        if [p.name for p in self.dir.iterdir()] == [LOCK_FILE]: (self.dir/LOCK_FILE).unlink(); self.dir.rmdir()   # nothing written
+
+# %% ../nbs/11_runfolder.ipynb 27
 def weights_file(run_dir:Path|str, weights:str="final") -> Path:
     "The file of a run's `weights` (final, best or last); a `QonstraintError` naming the weights it does have if it is missing."
     run_dir = Path(run_dir)
@@ -228,9 +338,10 @@ def weights_file(run_dir:Path|str, weights:str="final") -> Path:
                                  "train the run first; this folder holds no weights at all."))
     return path
 
-def load_network(weights:Path|str, config:dict, run_dir:Path|str) -> tuple[Qonstraint|Baseline, str]:
+def load_network(weights:Path|str, config:dict, run_dir:Path|str,
+                 verify:bool=True) -> tuple[Qonstraint|Baseline, str]:   # False: load the weights without checking their checksum
     "The network `config` (a run's config.json) describes, with the weights in the file `weights`, in eval mode; and which weights."
-    state, which = load_weights(weights)
+    state, which = load_weights(weights, verify)
     model = run_network(config, run_dir).build()
     try: model.load_state_dict(state)
     except RuntimeError as e:
@@ -239,12 +350,13 @@ def load_network(weights:Path|str, config:dict, run_dir:Path|str) -> tuple[Qonst
                               + ("" if "network" in config else ", or the qonstraint version that trained it (its preset has changed)") + ".") from e
     return model.eval(), which
 
-def build_network(run_dir:Path|str, weights:str="final") -> Qonstraint|Baseline:
-    "The run's own network, with its `weights` (final, best or last), in eval mode."
+def build_network(run_dir:Path|str, weights:str="final",
+                  verify:bool=True) -> Qonstraint|Baseline:   # False: load the weights without checking their checksum
+    "The run's own network, with its `weights` (final, best or last, checksum verified), in eval mode."
     path = weights_file(run_dir, weights)
-    return load_network(path, read_json(Path(run_dir)/CONFIG_FILE, "Fix: pass a run folder written by qonstraint training."), run_dir)[0]
+    return load_network(path, read_json(Path(run_dir)/CONFIG_FILE, "Fix: pass a run folder written by qonstraint training."), run_dir, verify)[0]
 
-# %% ../nbs/11_runfolder.ipynb 24
+# %% ../nbs/11_runfolder.ipynb 29
 def upgrade_run(run_dir:Path|str) -> dict:
     "Record the network in an older run folder's config.json (checked against its weights); return the config."
     run_dir = Path(run_dir)
@@ -259,7 +371,7 @@ def upgrade_run(run_dir:Path|str) -> dict:
     write_json(run_dir/CONFIG_FILE, config)
     return config
 
-# %% ../nbs/11_runfolder.ipynb 28
+# %% ../nbs/11_runfolder.ipynb 33
 def class_info(data) -> dict:
     "What `classes.json` records of a `DataBundle`: class ids, names, and the train split's mean and std."
     return dict(classes=data.classes, class_names=data.class_names, mean=data.mean, std=data.std)

@@ -15,16 +15,16 @@ from timm.optim._param_groups import param_groups_weight_decay
 from timm.utils import ModelEmaV3
 
 from .controller import ConfidenceController, ControlState
-from .core import AmpPolicy, QonstraintError, amp_policy
+from .core import AmpPolicy, QonstraintError, amp_policy, check_choice
 from .distributed import reduce_sum, wrap_ddp
 from .budget import estimate_memory, estimates_checkpointing
 from .baselines import network_config
 from .heads import Branches
 
 # %% auto 0
-__all__ = ['DISTILL_KINDS', 'MEMORY_SHARE', 'soft_cross_entropy', 'hardness_weights', 'training_loss', 'distillation_loss',
-           'Distill', 'topk_correct', 'epoch_totals', 'TrainForward', 'make_optimizer', 'StepEma', 'step_if_finite',
-           'Trainer', 'evaluate', 'build_trainer', 'synchronize', 'time_steps', 'compile_unavailable',
+__all__ = ['DISTILL_KINDS', 'EMA_CADENCES', 'MEMORY_SHARE', 'soft_cross_entropy', 'hardness_weights', 'training_loss',
+           'distillation_loss', 'Distill', 'topk_correct', 'epoch_totals', 'TrainForward', 'make_optimizer', 'StepEma',
+           'step_if_finite', 'Trainer', 'evaluate', 'build_trainer', 'synchronize', 'time_steps', 'compile_unavailable',
            'compile_forward', 'memory_advice', 'peak_mem_mb', 'ddp_grad_check']
 
 # %% ../nbs/13_step.ipynb 5
@@ -136,6 +136,7 @@ class Trainer:
     step:int = 0
     memory_format:torch.memory_format = torch.preserve_format   # of the weights and each batch; channels_last on CUDA
     distill:Distill|None = None  # distillation from a teacher, or none
+    ema_every:str = "step"       # the EMA's cadence: "step" (the paper's reading, 14_train) | "epoch" (`end_epoch`)
 
     def __post_init__(self):
         self.params = list(self.model.parameters())        # for clipping: gathered once, not every step
@@ -162,14 +163,18 @@ class Trainer:
         return out, loss, kd
 
     def update(self):
-        "Clip the gradients, step (skipped, on the device, if they are not finite), update the EMA."
+        "Clip the gradients, step (skipped, on the device, if they are not finite), update the EMA (at its step cadence)."
         scaled = self.amp.scaler or not self.opt.defaults["fused"]           # through the GradScaler: fp16, or an unfused AdamW
         if self.amp.scaler: self.scaler.unscale_(self.opt)
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)   # not finite if a gradient is not
         if scaled: self.scaler.step(self.opt); self.scaler.update()
         else: step_if_finite(self.opt, norm)
-        self.ema.update(self.model)
+        if self.ema_every == "step": self.ema.update(self.model)
         self.step += 1
+
+    def end_epoch(self):
+        "After the epoch's last step: the EMA's update when its cadence is one per epoch."
+        if self.ema_every == "epoch": self.ema.update(self.model)
 
 # %% ../nbs/13_step.ipynb 21
 @patch
@@ -210,10 +215,13 @@ def evaluate(model:torch.nn.Module, loader, device:torch.device, amp) -> dict:
     return dict(loss=loss/n, top1=100*top1/n, top5=100*top5/n, feat_mean=fm/batches, feat_std=fs/batches)
 
 # %% ../nbs/13_step.ipynb 23
+EMA_CADENCES = ("step", "epoch")
+
 def build_trainer(model:torch.nn.Module, device:torch.device, amp:AmpPolicy, lr:float, betas:tuple, weight_decay:float,
                   grad_clip:float, warmup_steps:int, ema_decay:float,
                   channels_last:bool|None=None,   # None: on CUDA only
-                  distill:Distill|None=None) -> Trainer:
+                  distill:Distill|None=None,
+                  ema_every:str="step") -> Trainer:   # "step" | "epoch": when the EMA of the weights is updated
     "A `Trainer` for `model` on `device`: its training forward, fused AdamW, the AMP scaler, the EMA of its weights (and a teacher)."
     layout = torch.channels_last if (device.type == "cuda" if channels_last is None else channels_last) else torch.preserve_format
     model = model.to(device, memory_format=layout)
@@ -221,9 +229,10 @@ def build_trainer(model:torch.nn.Module, device:torch.device, amp:AmpPolicy, lr:
         distill.teacher.to(device, memory_format=layout).eval().requires_grad_(False)
         if getattr(model, "has_dist_token", False): model.set_distilled_training()   # DeiT: its distillation token's logits apart
     return Trainer(model, TrainForward(model), make_optimizer(model, device, lr, betas, weight_decay), amp.make_scaler(device.type),
-                   StepEma(model, decay=ema_decay), amp, device, grad_clip, warmup_steps, memory_format=layout, distill=distill)  # the EMA copies the model in its layout
+                   StepEma(model, decay=ema_decay), amp, device, grad_clip, warmup_steps, memory_format=layout, distill=distill,
+                   ema_every=check_choice("ema_every", ema_every, EMA_CADENCES))  # the EMA copies the model in its layout
 
-# %% ../nbs/13_step.ipynb 30
+# %% ../nbs/13_step.ipynb 32
 def synchronize(device:torch.device):
     "Wait until `device` has finished the work queued on it (CUDA); nothing to wait for elsewhere."
     if device.type == "cuda": torch.cuda.synchronize(device)
@@ -240,7 +249,7 @@ def time_steps(step:Callable,               # called with each batch
     synchronize(device)
     return (time.perf_counter() - start)/steps
 
-# %% ../nbs/13_step.ipynb 33
+# %% ../nbs/13_step.ipynb 35
 def compile_unavailable(device:torch.device) -> str|None:
     "Why `torch.compile` cannot run on `device` here, or None if it can."
     if not torch._dynamo.is_dynamo_supported(): return f"torch.compile does not support Python {sys.version.split()[0]} on this platform"
@@ -253,7 +262,7 @@ def compile_forward(forward:torch.nn.Module, device:torch.device) -> tuple[torch
     warnings.warn(f"compile=True, but {why}: training runs eagerly (same results, slower).", stacklevel=2)
     return forward, False
 
-# %% ../nbs/13_step.ipynb 36
+# %% ../nbs/13_step.ipynb 38
 MEMORY_SHARE = 0.9   # of a device's memory that a step's estimate may take (the rest: allocator, workspaces, fragmentation)
 
 def memory_advice(model_cfg, batch:int, device:torch.device, amp:AmpPolicy, checkpoint_stages:bool) -> str|None:
@@ -272,7 +281,7 @@ def peak_mem_mb(device:torch.device) -> float:
     if device.type == "cuda": return torch.cuda.max_memory_allocated(device)/2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024
 
-# %% ../nbs/13_step.ipynb 39
+# %% ../nbs/13_step.ipynb 41
 def _step_gradients(forward:torch.nn.Module, model:torch.nn.Module, x:torch.Tensor, target:torch.Tensor) -> dict:
     "The gradients of one `Trainer.backward` on the CPU, with the model in eval mode (no DropPath, BatchNorm on running statistics)."
     cpu, amp = torch.device("cpu"), amp_policy("cpu")

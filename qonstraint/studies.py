@@ -158,6 +158,15 @@ DIFFERENCES = (   # (study, what the paper did or says, what the grid does, why)
     ("all", "reloads the best weights 'at pre-defined epochs' without listing them", "reloads at 50 %, 75 % and 85 % of the epochs",
      "where the recipe changes: augmentation phase 2, the late stage, the warm restart"),
     ("all", "weight decay 1e-4 (III.C.3) and 5e-5 (IV.A)", "5e-5", "IV.A describes the runs whose numbers are reported"),
+    ("all", "gives the LR rules, not how a boost meets the cosine fallback, nor where the cosine ends or how the LR is 'warmed up'",
+     "a boost lifts the next epoch's base LR once (lr_rule='rebase'); the cosine ends at 2/3 of the run; the last 10 epochs rise "
+     "back to 5e-4", "the reading that reproduces 9 of the 10 LRs of the epoch tables (10_controller); 'compound' is the earlier one"),
+    ("all", "reloads only at pre-defined epochs", "no reload on a collapse of val top-1 (collapse_drop=None; an option)",
+     "a collapse reload is not in the paper and would have undone its own GAP dip at epoch 29"),
+    ("all", "describes one validation split", "one split for every seed (split_seed=0); seeds vary the training only",
+     "so a seed-to-seed spread measures training noise, not split noise"),
+    ("all", "does not say whether the EMA is updated per step or per epoch", "per step (ema_every='step'; 'epoch' an option)",
+     "'tracking the model rather closely during fast learning': a decay of 0.97 per epoch would average ~33 epochs"),
 )
 
 def differences() -> pd.DataFrame:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_train.ipynb 2
 from __future__ import annotations
-import argparse, json, math, sys, time, warnings
+import argparse, contextlib, json, math, sys, time, warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
@@ -20,7 +20,7 @@ from tqdm.std import tqdm
 from .augment import AUG_LEVELS, train_transform, val_transform
 from .collate import MIX_MODES, MixCollate
 from .controller import CONTROLLERS, BaseSchedule, ConfidenceController, ControlState, ControllerConfig, make_controller, phase2_starts
-from .core import (AMP_MODES, AmpPolicy, QonstraintError, amp_policy, atomic_write, check_choice, on_kaggle, seed_everything,
+from .core import (AMP_MODES, AmpPolicy, QonstraintError, WriteError, amp_policy, check_choice, on_kaggle, seed_everything,
                              seed_worker, set_rng_state)
 from .data import DATASETS, DataBundle, load_dataset
 from .device_augment import DeviceAugment, DeviceMix, device_batches
@@ -28,20 +28,21 @@ from .distributed import DistEnv, barrier, dist_env, gather_rng_states, join_pro
 from .heads import HEADS
 from .model import PRESETS, Qonstraint, QonstraintConfig
 from .baselines import Baseline, BaselineConfig, is_baseline, network_config, network_name
-from .runfolder import (CLASSES_FILE, CONFIG_FILE, SUMMARY_FILE, WEIGHT_FILES, Run, RunLog, build_network, class_info,
-                                  load_checkpoint, log_row, read_classes, read_json, read_run, run_network, run_state, save_checkpoint,
+from .runfolder import (CLASSES_FILE, CONFIG_FILE, LOG_FILE, SUMMARY_FILE, WEIGHT_FILES, Run, RunLock, RunLog, build_network, class_info,
+                                  load_checkpoint, log_row, read_classes, read_json, read_run, run_contents, run_network, run_state, save_checkpoint,
+                                  settings_diff, write_weights,
                                   write_config, write_json)
 from .stem import STEMS
-from .step import (DISTILL_KINDS, Distill, Trainer, build_trainer, compile_forward, compile_unavailable, evaluate, memory_advice,
+from .step import (DISTILL_KINDS, EMA_CADENCES, Distill, Trainer, build_trainer, compile_forward, compile_unavailable, evaluate, memory_advice,
                              peak_mem_mb)
 
 # %% auto 0
 __all__ = ['KAGGLE_SESSION_MINUTES', 'TrainConfig', 'check_train_config', 'parse_settings', 'Decision', 'over_budget',
            'reload_reason', 'decide', 'check_init_from', 'check_teacher', 'make_distill', 'make_network',
            'freeze_backbone', 'epoch_order', 'make_loader', 'on_device', 'Parts', 'make_trainer', 'build_run',
-           'eval_loader', 'train_batches', 'progress', 'start_run', 'save', 'resume_run', 'rank0_says', 'train_one',
-           'record', 'final_evaluation', 'finish', 'time_budget', 'duration', 'Projection', 'faster_options', 'foresee',
-           'fit', 'main']
+           'eval_loader', 'train_batches', 'progress', 'start_run', 'save', 'restart_run', 'resume_run', 'rank0_says',
+           'train_one', 'record', 'final_evaluation', 'finish', 'time_budget', 'duration', 'Projection',
+           'faster_options', 'foresee', 'writer_lock', 'resumable_on_write_error', 'fit', 'main']
 
 # %% ../nbs/14_train.ipynb 5
 @dataclass
@@ -70,8 +71,10 @@ class TrainConfig:
     model:dict = field(default_factory=dict)       # overrides of the preset's `QonstraintConfig` fields, e.g. {"depths": (2, 3, 5)}; a baseline: img_size and timm arguments
     controller:str|dict = "paper"     # "paper" | "off" | overrides of the paper's `ControllerConfig` constants, e.g. {"reward_clip": 1.0}
     reload_at:tuple = (0.5, 0.75, 0.85)  # fractions of the epochs after which the best weights are reloaded (70 epochs: 35, 52, 60)
-    collapse_drop:float = 10.0        # reload the best weights when val top-1 falls this many points below the best
-    seed:int = 0                      # seeds Python, NumPy, torch, the split, the loaders and the augmentation
+    collapse_drop:float|None = None   # reload the best weights when val top-1 falls this many points below the best (None: never; not the paper's)
+    ema_every:str = "step"            # the EMA's cadence: "step" (every optimizer step) | "epoch" (once after each epoch)
+    seed:int = 0                      # seeds Python, NumPy, torch, the loaders, the augmentation and the network's initialisation
+    split_seed:int = 0                # seeds the per-class train/val split: one split for every training seed of a study
     out_dir:str = "runs"              # parent folder of run folders
     run_name:str|None = None          # run folder name; None: "<preset>-<head>-<stem>-<aug>-<dataset>-s<seed>" (a baseline: no head, stem)
     resume:bool = False               # continue the run in out_dir/run_name from its last.pt
@@ -123,12 +126,13 @@ def check_train_config(c:TrainConfig):
     "Normalise (lists from JSON to tuples) and validate every field of `c`; fill in the default run name."
     c.mix_modes, c.betas, c.reload_at = tuple(c.mix_modes), tuple(c.betas), tuple(c.reload_at)
     c.model = {k: tuple(v) if isinstance(v, list) else v for k, v in c.model.items()}
-    for what, v, choices in (("dataset", c.dataset, DATASETS), ("head", c.head, HEADS), ("stem", c.stem, STEMS), ("distill", c.distill, DISTILL_KINDS),
+    for what, v, choices in (("dataset", c.dataset, DATASETS), ("head", c.head, HEADS), ("stem", c.stem, STEMS), ("distill", c.distill, DISTILL_KINDS), ("ema_every", c.ema_every, EMA_CADENCES),
                              ("aug", c.aug, AUG_LEVELS), ("amp", {True: "auto", False: "off"}.get(c.amp, c.amp), AMP_MODES),
                              *[("mix mode", m, MIX_MODES) for m in c.mix_modes]): check_choice(what, v, choices)
     for n in ("epochs", "batch_size", "eval_batch_size", "devices"): _check(c, n, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
-    for n in ("warmup_epochs", "num_workers", "seed", "freeze_epochs"): _check(c, n, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
-    for n in ("lr", "min_lr", "max_lr", "grad_clip", "collapse_drop"): _check(c, n, lambda v: v > 0, "positive")
+    for n in ("warmup_epochs", "num_workers", "seed", "split_seed", "freeze_epochs"): _check(c, n, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
+    for n in ("lr", "min_lr", "max_lr", "grad_clip"): _check(c, n, lambda v: v > 0, "positive")
+    _check(c, "collapse_drop", lambda v: v is None or v > 0, "positive, or None (no collapse reloads)")
     _check(c, "weight_decay", lambda v: v >= 0, ">= 0")
     _check(c, "distill_alpha", lambda v: 0 <= v <= 1, "in [0, 1]")
     _check(c, "distill_tau", lambda v: v > 0, "positive")
@@ -185,7 +189,7 @@ def over_budget(elapsed_s:float, last_epoch_s:float, max_minutes:float|None) -> 
 def reload_reason(epoch:int, cfg:TrainConfig, val_top1:float, best_top1:float, nonfinite:int) -> str|None:
     "Why the best weights should be reloaded after `epoch`, or None."
     if nonfinite: return f"{nonfinite} non-finite loss step(s)"
-    if cfg.controller != "off" and best_top1 - val_top1 >= cfg.collapse_drop: return f"val top-1 collapsed to {val_top1:.2f} (best {best_top1:.2f})"
+    if cfg.controller != "off" and cfg.collapse_drop is not None and best_top1 - val_top1 >= cfg.collapse_drop: return f"val top-1 collapsed to {val_top1:.2f} (best {best_top1:.2f})"
     if epoch in {max(1, round(f*cfg.epochs)) for f in cfg.reload_at} and epoch < cfg.epochs: return "scheduled"
 
 def decide(cfg:TrainConfig, epoch:int, val_top1:float, nonfinite:int,
@@ -301,7 +305,8 @@ def make_trainer(cfg:TrainConfig, model:Qonstraint|Baseline, ctrl:ConfidenceCont
                  distill:Distill|None=None) -> tuple[Trainer, bool]:
     "The run's `Trainer` (its forward DDP-wrapped and compiled as `cfg` asks; its teacher, if any), and whether it compiled."
     steps = cfg.warmup_epochs*math.ceil(n_train//env.world/(cfg.batch_size//env.world))
-    t = build_trainer(model, device, amp, cfg.lr, cfg.betas, cfg.weight_decay, cfg.grad_clip, steps, ctrl.state.ema_decay, distill=distill)
+    t = build_trainer(model, device, amp, cfg.lr, cfg.betas, cfg.weight_decay, cfg.grad_clip, steps, ctrl.state.ema_decay, distill=distill,
+                      ema_every=cfg.ema_every)
     if env.world > 1: t.forward = wrap_ddp(t.forward, device, find_unused=cfg.freeze_epochs > 0)  # frozen parts get no gradient
     if not cfg.compile: return t, False
     t.forward, compiled = compile_forward(t.forward, device)
@@ -315,7 +320,7 @@ def build_run(cfg:TrainConfig,
     seed_everything(cfg.seed)
     if cfg.init_from is not None and not cfg.resume: check_init_from(cfg)     # a resumed run has its own weights
     if cfg.teacher is not None: check_teacher(cfg)
-    data = data or load_dataset(cfg.dataset, root=cfg.data_dir, seed=cfg.seed, download=cfg.download, img_size=cfg.img_size)
+    data = data or load_dataset(cfg.dataset, root=cfg.data_dir, seed=cfg.split_seed, download=cfg.download, img_size=cfg.img_size)
     asked = cfg.data_on_device
     if asked == "auto" and cfg.resume and (cfg.run_dir/CONFIG_FILE).is_file():   # a resumed run keeps the path it took
         asked = read_json(cfg.run_dir/CONFIG_FILE)["data_on_device"]
@@ -379,8 +384,20 @@ def save(p:Parts, name:str, epoch:int):
                         optimizer=t.opt.state_dict(), scaler=t.scaler.state_dict(), ema=t.ema.state_dict(),
                         swa=None if swa is None else swa.state_dict(), controller=p.ctrl.state_dict(), rng=rng)
 
+def restart_run(p:Parts) -> int:
+    "Start a run that stopped before its first checkpoint again from epoch 1 (its settings checked first); return 1."
+    if diff := settings_diff(read_json(p.dir/CONFIG_FILE), asdict(p.cfg)):
+        raise QonstraintError(f"{p.dir} was started with other settings (now, then): {diff}. Fix: resume with the run's own "
+                              "settings, or use another run_name.")
+    if p.env.main:
+        print(f"resuming {p.dir}: it stopped before its first checkpoint ({run_contents(p.dir)}); starting again from epoch 1", flush=True)
+        (p.dir/LOG_FILE).unlink(missing_ok=True)
+    barrier()
+    return start_run(p)
+
 def resume_run(p:Parts) -> int:
-    "Restore everything from last.pt; return the first epoch still to train."
+    "Restore everything from last.pt (none yet: start again); return the first epoch still to train."
+    if not (p.dir/WEIGHT_FILES["last"]).is_file() and (p.dir/CONFIG_FILE).is_file(): return restart_run(p)
     ck, t = load_checkpoint(p.dir/WEIGHT_FILES["last"], asdict(p.cfg)), p.trainer
     p.model.load_state_dict(ck["model"]); t.opt.load_state_dict(ck["optimizer"])
     t.scaler.load_state_dict(ck["scaler"]); t.ema.load_state_dict(ck["ema"]); p.ctrl.load_state_dict(ck["controller"])
@@ -404,6 +421,7 @@ def train_one(p:Parts, epoch:int) -> tuple[dict, Decision]:
     p.trainer.apply(s)
     freeze_backbone(p.model, epoch <= cfg.freeze_epochs)
     t = p.trainer.train_epoch(progress(*train_batches(p, epoch, s), epoch, p), s)
+    p.trainer.end_epoch()
     v = evaluate(p.model, p.val_loader, p.device, p.amp)
     d = decide(cfg, epoch, v["top1"], t["nonfinite"], p.best["val_top1"], p.best["epoch"], time.time() - p.t0, time.time() - start)
     d = replace(d, stop=rank0_says(p, d.stop))
@@ -445,7 +463,7 @@ def final_evaluation(p:Parts) -> dict:
     chosen = max(results, key=lambda k: results[k]["val"]["top1"])
     if p.env.main:
         tensors = {k: v.detach().cpu().clone() for k, v in weights[chosen].state_dict().items()}
-        with atomic_write(p.dir/WEIGHT_FILES["final"]) as f: f.write(safetensors_save(tensors, metadata={"weights": chosen}))
+        write_weights(p.dir/WEIGHT_FILES["final"], safetensors_save(tensors, metadata={"weights": chosen}), weights=chosen)
     return dict(final={k: {split: {m: round(x, 4) for m, x in r.items()} for split, r in v.items()} for k, v in results.items()},
                 final_weights=chosen)
 
@@ -515,21 +533,34 @@ def foresee(p:Parts, row:dict):
         warnings.warn(f"this run takes {pr.summary}. Options: {'; '.join(faster_options(p.cfg, p.device, p.compiled))}.", stacklevel=2)
 
 # %% ../nbs/14_train.ipynb 40
+def writer_lock(cfg:TrainConfig) -> RunLock|contextlib.nullcontext:
+    "The run folder's lock, held by the process that writes it (rank 0 under DDP)."
+    return RunLock(cfg.run_dir) if dist_env().main else contextlib.nullcontext()
+
+@contextlib.contextmanager
+def resumable_on_write_error(run_dir:Path):
+    "Turn a failed write into an error that says what the run folder now holds and how to continue."
+    try: yield
+    except WriteError as e:
+        raise QonstraintError(f"{e.problem}. The run folder {run_dir} now holds: {run_contents(run_dir)}. Fix: free space, then train "
+                              "again with resume=True: it continues after the last checkpoint (or starts again if there is none).") from e
+
 def fit(cfg:TrainConfig) -> Run:
     "Train one run as `cfg` says (or continue it, with `resume=True`); return its folder, history, summary and config."
     if cfg.devices > 1 and dist_env().world == 1: return launch(asdict(cfg))
-    p = build_run(cfg)
-    status = "finished"
-    first = resume_run(p) if cfg.resume else start_run(p)
-    for epoch in range(first, cfg.epochs + 1):
-        row, decision = train_one(p, epoch)
-        record(p, row, decision)
-        if epoch == first: foresee(p, row)
-        if decision.stop:
-            status = "interrupted"
-            if p.env.main: print(f"stopping after epoch {epoch}: another would overrun max_minutes={cfg.max_minutes}; resume=True continues", flush=True)
-            break
-    run = finish(p, status)
+    with writer_lock(cfg), resumable_on_write_error(cfg.run_dir):
+        p = build_run(cfg)
+        status = "finished"
+        first = resume_run(p) if cfg.resume else start_run(p)
+        for epoch in range(first, cfg.epochs + 1):
+            row, decision = train_one(p, epoch)
+            record(p, row, decision)
+            if epoch == first: foresee(p, row)
+            if decision.stop:
+                status = "interrupted"
+                if p.env.main: print(f"stopping after epoch {epoch}: another would overrun max_minutes={cfg.max_minutes}; resume=True continues", flush=True)
+                break
+        run = finish(p, status)
     if p.env.world > 1: torch.distributed.destroy_process_group()
     return run
 
