@@ -215,7 +215,7 @@ PRESETS = {
     "tiny": QonstraintConfig(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1), fusion_dim=64),
 }
 
-# %% ../nbs/09_model.ipynb 19
+# %% ../nbs/09_model.ipynb 20
 TIMM_NAMES = {p: p if p.startswith("qonstraint") else f"qonstraint_{p}" for p in PRESETS}   # preset -> timm model name
 default_cfgs = generate_default_cfgs({TIMM_NAMES[p]: network_cfg(c) for p, c in PRESETS.items()})
 TIMM_MODULE = "qonstraint"   # the module name timm lists the presets under
@@ -254,7 +254,7 @@ def create_model(name:str="qonstraint_5_9",  # a key of `PRESETS`
     return _create_qonstraint(check_choice("preset", name, PRESETS), head=head, num_classes=num_classes, **overrides)
 
 
-# %% ../nbs/09_model.ipynb 20
+# %% ../nbs/09_model.ipynb 21
 def _register(fn):
     "timm's `register_model`, listing `fn` under the module name `qonstraint` (timm takes the last part of `fn.__module__`)."
     fn.__module__, package = TIMM_MODULE, sys.modules[TIMM_MODULE]

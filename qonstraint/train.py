@@ -386,7 +386,8 @@ def save(p:Parts, name:str, epoch:int):
 
 def restart_run(p:Parts) -> int:
     "Start a run that stopped before its first checkpoint again from epoch 1 (its settings checked first); return 1."
-    if diff := settings_diff(read_json(p.dir/CONFIG_FILE), asdict(p.cfg)):
+    settings = {k: v for k, v in asdict(p.cfg).items() if k != "device"}   # config.json's device is the one the run took
+    if diff := settings_diff(read_json(p.dir/CONFIG_FILE), settings):
         raise QonstraintError(f"{p.dir} was started with other settings (now, then): {diff}. Fix: resume with the run's own "
                               "settings, or use another run_name.")
     if p.env.main:
