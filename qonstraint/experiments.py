@@ -18,7 +18,7 @@ from .runfolder import CONFIG_FILE, LOG_FILES, find_run_dirs, read_json, run_sta
 from .studies import GRID_TEACHER, PAPER_RECIPE, STUDIES, study_runs
 
 # %% auto 0
-__all__ = ['SIZES', 'UNSCALED', 'MIN_MINUTES', 'TRAIN_NB', 'PATH_FIELDS', 'SHIPPED', 'RESOLVED_FIELDS', 'scaled_widths',
+__all__ = ['SIZES', 'UNSCALED', 'MIN_MINUTES', 'TRAIN_NB', 'PATH_FIELDS', 'SHIPPED', 'STALE', 'RESOLVED_FIELDS', 'scaled_widths',
            'run_name', 'GridRun', 'paper_grid', 'grid_teacher', 'papermill_run', 'run_grid', 'portable_config',
            'export_logs']
 
@@ -162,5 +162,9 @@ SHIPPED = {   # folder under data/: the paper_grid arguments of the grid whose l
     "runs/cpu": dict(size="cpu", studies=("main", "controller", "stem", "depth", "version", "head"), ablation_seeds=(0, 1)),
     "baselines/cpu": dict(size="cpu", studies=("baselines",), seeds=(0,), epochs=12),
     "controller/compound-cpu": dict(size="cpu", studies=("main",), controller={"explore_epochs": 4, "lr_rule": "compound"}),  # the earlier LR reading
+}
+STALE = {     # shipped folders whose runs predate the recipe as now read: their configs differ from the study's, and say so
+    "baselines/cpu": "trained on 2026-12-01 under the earlier reading of the LR rule (lr_rule='compound') with a collapse reload at 10 "
+                     "points, before split_seed and ema_every existed; `make grid-baselines` re-trains it under the recipe as now read",
 }
 RESOLVED_FIELDS = ("data_on_device", "out_dir", "data_dir", "init_from", "teacher", "resume", "max_minutes")  # set by the run, not the study

@@ -108,7 +108,7 @@ def quantize_onnx(src:Path|str, dst:Path|str,
     finally: prepared.unlink(missing_ok=True); logging.disable(logging.NOTSET)
     return dst
 
-# %% ../nbs/19_export.ipynb 22
+# %% ../nbs/19_export.ipynb 23
 def latency_ms(run, x:torch.Tensor, repeats:int=10, warmup:int=2) -> float:
     "Median wall-clock milliseconds per image of `run(x)`."
     for _ in range(warmup): run(x)
@@ -128,7 +128,7 @@ def measure(name:str, run, size_bytes:int, x:torch.Tensor,
             "digits top-1 %": None if labels is None else round(100*(top1 == labels).mean(), 2),
             "agrees with FP32 %": round(100*(top1 == ref_top1).mean(), 2)}
 
-# %% ../nbs/19_export.ipynb 24
+# %% ../nbs/19_export.ipynb 25
 def add_export_args(p:argparse.ArgumentParser):
     "The arguments of `qonstraint export`."
     p.add_argument("run_dir", help="run folder written by training (out_dir/run_name)")

@@ -682,7 +682,8 @@ def table_lr_rule(rebase:pd.DataFrame,   # runs with the main study under lr_rul
     "Per head and metric (peak and last val top-1): each seed under both LR readings, mean ± std, difference, spread, separable."
     rows = []
     for head in STUDIES["main"].variants:
-        sides = {rule: select_runs(df, "main").query("variant == @head") for rule, df in (("rebase", rebase), ("compound", compound))}
+        mains = {rule: select_runs(df, "main") for rule, df in (("rebase", rebase), ("compound", compound))}
+        sides = {rule: sel[sel.variant == head] for rule, sel in mains.items()}
         for metric, of in (("peak val top-1", lambda r: r.val_top1.max()), ("last val top-1", lambda r: r.val_top1.iloc[-1])):
             v = {rule: sel.groupby("seed").apply(of, include_groups=False) for rule, sel in sides.items()}
             j = judge(v["rebase"].to_numpy(), v["compound"].to_numpy(), ">", ("rebase", "compound"))
