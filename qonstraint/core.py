@@ -185,10 +185,10 @@ def writing(path:Path|str, needed:int|None=None):
     except (OSError, RuntimeError) as e: raise WriteError(path, e, needed) from e
 
 @contextlib.contextmanager
-def atomic_write(path:Path|str, mode:str="wb"):
+def atomic_write(path:Path|str, mode:str="wb", needed:int|None=None):   # needed: the bytes it will write, where known
     "Open a temporary file beside `path`; it replaces `path` only if the `with` block finishes (a failed write: `WriteError`)."
     path = Path(path)
-    with writing(path):
+    with writing(path, needed):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
@@ -205,4 +205,4 @@ def atomic_write_bytes(path:Path|str, data:bytes):
     "Write `data` to `path` atomically, refusing before writing anything when the filesystem lacks the space for it."
     if len(data) > free_bytes(Path(path).parent):
         raise WriteError(path, OSError(errno.ENOSPC, "not enough space for the new file"), len(data))
-    with writing(path, len(data)), atomic_write(path) as f: f.write(data)
+    with atomic_write(path, needed=len(data)) as f: f.write(data)

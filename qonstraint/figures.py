@@ -680,9 +680,8 @@ def table_lr_rule(rebase:pd.DataFrame,   # runs with the main study under lr_rul
                   compound:pd.DataFrame  # the same runs under lr_rule="compound"
                  ) -> pd.DataFrame:
     "Per head and metric (peak and last val top-1): each seed under both LR readings, mean ± std, difference, spread, separable."
-    rows = []
+    rows, mains = [], {rule: select_runs(df, "main") for rule, df in (("rebase", rebase), ("compound", compound))}
     for head in STUDIES["main"].variants:
-        mains = {rule: select_runs(df, "main") for rule, df in (("rebase", rebase), ("compound", compound))}
         sides = {rule: sel[sel.variant == head] for rule, sel in mains.items()}
         for metric, of in (("peak val top-1", lambda r: r.val_top1.max()), ("last val top-1", lambda r: r.val_top1.iloc[-1])):
             v = {rule: sel.groupby("seed").apply(of, include_groups=False) for rule, sel in sides.items()}
