@@ -1,9 +1,9 @@
 """Training and evaluation throughput of Qonstraint on a CUDA GPU, option by option, on synthetic TinyImageNet-shaped data.
 
     python bench/gpu.py                   # on a CUDA machine: under 8 minutes (a 450 s budget, --budget-s, then the rest is skipped)
-    python bench/gpu.py                   # without a GPU: the CPU-sized version (tiny preset, a few steps), well under a minute
-    python bench/gpu.py --cpu --strict --budget-s 600 --out /tmp/gpu.json   # as tools/test.sh runs it: CPU-sized on any
-                                          # machine, every option that can run runs, exit status 1 if one that ran failed
+    python bench/gpu.py                   # without a GPU: the CPU-sized version (tiny preset, a few steps), about a minute
+    python bench/gpu.py --cpu --strict --budget-s 600 --out /tmp/gpu.json   # as tools/test.sh runs it: CPU-sized on any machine,
+                                          # everything that can run runs, exit status 1 if an option that ran or a check failed
 
 The data are made on the device, nothing is downloaded: 80,000 uint8 images of 64 × 64 × 3 and labels of 200 classes (on the
 CPU: 256). Every option builds a fresh network and `qonstraint.step.build_trainer`'s step (AdamW, GradScaler, clipping, EMA:
@@ -26,7 +26,26 @@ Prints a table (option, images/s, peak MiB, estimated MiB, TFLOP/s, % of the car
 projected time of a TinyImageNet epoch (80,000 train + 20,000 val images) and of 70 epochs at the fastest 5.9 option, and as
 its last line a JSON object of those headline numbers; writes everything to one JSON file (--out; by default
 bench/results/<gpu>-<date>.json, cpu-<date>.json without a GPU). An option that fails is recorded with its error and the
-others go on; an option the time budget leaves no time for is recorded as skipped, never left out.
+others go on; an option the time budget leaves no time for is recorded as skipped, never left out. Each option that started
+records `need_s`, the time it was expected to need (the budget's test), beside its `wall_s`.
+
+Before the options, checks that only a run on the device can make, each a row {name, status: ok | failed | skipped |
+reported, detail or error, numbers} under "checks" in the JSON, a few steps each of `build_trainer`'s step on one fixed batch
+(GPU: 5.9 at batch 32; CPU: tiny at batch 8). They take seconds, and a first run on a GPU must report them even if the options
+overrun the budget:
+  sync debug      a step (after a warm-up step) under torch.cuda.set_sync_debug_mode("error"), fp16 and bf16: failed, with the
+                  call that synchronised, if anything in it waits for the GPU; skipped without CUDA
+  inf, NaN        a hook sets a gradient to inf (fp16 + GradScaler) or NaN (bf16, the unscaled scaler; fused AdamW's found_inf):
+                  every weight must be unchanged, the fp16 scale lowered, the unscaled one left at 1
+  resume          a checkpoint's scaler from fp16 + scaling restored into a bf16 trainer by `qonstraint.train.restore_scaler`
+                  (and bf16 into fp16): a warning, the fresh trainer's scale, the gradient norm of a fresh step's (not × 65,536)
+  compile budget  the compile option's budget decision (made before it compiles, a compilation cannot be stopped): skipped with
+                  "time budget…" when less time is left than `min_s["compile"]` + its steps at the base option's eager step time
+  bitwise         two fresh trainers, the same seed and batch, 2 steps each: weights equal bit for bit, or by how much they
+                  differ; again under seed_everything(0, deterministic=True) (or the op without a deterministic kernel).
+                  Reported, never failed
+On the CPU the same run but sync debug (fp16 autocast runs there with a GradScaler("cpu")). A failed check is an error for
+--strict; a skipped or reported one is not.
 
 FLOPs: training 6 × MACs per image (a forward is 2 FLOPs per MAC, its backward twice the forward), evaluation 2 × MACs, with
 the MACs of `qonstraint.budget.count_macs` (one forward); checkpoint_stages' recomputation is not counted. Peak memory:
@@ -34,9 +53,10 @@ the MACs of `qonstraint.budget.count_macs` (one forward); checkpoint_stages' rec
 `estimate_memory(cfg, batch, amp, swa=False, checkpoint_stages)`.total (these steps keep an EMA copy but no SWA copy).
 """
 from __future__ import annotations
-import argparse, dataclasses, datetime, gc, json, math, os, re, socket, tempfile, time, warnings
-from functools import cache
+import argparse, dataclasses, datetime, gc, json, math, os, re, socket, tempfile, time, traceback, warnings
+from functools import cache, partial
 from pathlib import Path
+from types import SimpleNamespace
 
 T0 = time.perf_counter()                           # the time budget counts from here, imports included
 
@@ -46,7 +66,7 @@ from torch.utils.data import DataLoader
 from qonstraint.augment import TINYIMAGENET_MEAN, TINYIMAGENET_STD, train_transform
 from qonstraint.collate import MixCollate
 from qonstraint.controller import ConfidenceController, ControlState, drop_path_at, mix_prob_at
-from qonstraint.core import QonstraintError, amp_policy, get_device, loader_seeding, seed_everything
+from qonstraint.core import QonstraintError, amp_policy, deterministic_kernels_explained, get_device, loader_seeding, seed_everything
 from qonstraint.data import Split, usable_cores
 from qonstraint.device_augment import DeviceAugment, DeviceMix, device_batches
 from qonstraint.distributed import wrap_ddp
@@ -55,6 +75,7 @@ from qonstraint.budget import count_macs, estimate_memory
 from qonstraint.baselines import network_config
 from qonstraint.step import build_trainer, compile_forward, compile_unavailable, time_steps
 from qonstraint.studies import load_paper
+from qonstraint.train import restore_scaler
 
 from machine import machine                         # bench/machine.py
 
@@ -93,13 +114,14 @@ class Sizes:
     channels_last:bool    # the base option's layout
     loader_workers:tuple  # DataLoader options: worker counts
     budget_s:float        # default time budget from the start, seconds
-    min_s:dict            # time an option needs left in the budget to be started, by kind
+    min_s:dict            # time an option needs left in the budget to be started, by kind (and the checks, "check")
+    check_batch:int       # the checks' training batch
 
 GPU = Sizes("qonstraint_5_9", 256, 512, TRAIN_IMAGES, 20_000, warmup=5, steps=30, amp="fp16", channels_last=True,
             loader_workers=(usable_cores(),), budget_s=450,
-            min_s=dict(train=20, loader=40, compile=150, eval=10, stochastic=20, ddp=60))
+            min_s=dict(train=20, loader=40, compile=150, eval=10, stochastic=20, ddp=60, check=10), check_batch=32)
 CPU = Sizes("tiny", 32, 64, 256, 256, warmup=1, steps=3, amp="off", channels_last=False, loader_workers=(0, min(2, os.cpu_count())),
-            budget_s=60, min_s=dict(train=2, loader=3, compile=60, eval=1, stochastic=2, ddp=10))
+            budget_s=60, min_s=dict(train=2, loader=3, compile=60, eval=1, stochastic=2, ddp=10, check=2), check_batch=8)
 
 
 def card_peak(name:str) -> dict|None:
@@ -142,9 +164,9 @@ def control_state(stochastic:bool) -> ControlState:
                                mix_prob=1.0 if stochastic else mix_prob_at(ctrl.cfg, 2, conf))
 
 
-def make_trainer(opt:dict, device:torch.device, ddp:bool=False):
+def make_trainer(opt:dict, device:torch.device, ddp:bool=False, deterministic:bool=False):
     "A fresh network of the option's preset and the `Trainer` of its step, set up as the option says, in training mode."
-    seed_everything(0)                                         # as the training does (cuDNN deterministic, no benchmark mode)
+    seed_everything(0, deterministic)                          # as the training does (cuDNN deterministic, no benchmark mode)
     model = Qonstraint(network_config(opt["preset"], NUM_CLASSES))
     model.set_grad_checkpointing(opt["checkpoint"])
     s = control_state(opt["kind"] == "stochastic")
@@ -190,17 +212,21 @@ def train_seconds(opt:dict, data:dict, device:torch.device, ddp:bool=False) -> f
     return seconds
 
 
+def normaliser(device:torch.device):
+    "The val transform's work on the device (64 × 64 already: only scaling and normalising): uint8 N, 64, 64, 3 -> float N, 3, 64, 64."
+    mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (TINYIMAGENET_MEAN, TINYIMAGENET_STD))
+    return lambda images: (images.permute(0, 3, 1, 2).float()/255 - mean)/std
+
+
 def eval_seconds(opt:dict, data:dict, device:torch.device) -> float:
     "Seconds per evaluation batch: the network's forward in eval mode under no_grad and autocast, on normalised device batches."
     seed_everything(0)
     layout = torch.channels_last if opt["channels_last"] else torch.contiguous_format
     model = Qonstraint(network_config(opt["preset"], NUM_CLASSES)).to(device, memory_format=layout).eval()
-    amp, images, B = amp_policy(device, opt["amp"]), data["images"], opt["batch"]
-    mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (TINYIMAGENET_MEAN, TINYIMAGENET_STD))
-    def batches():   # the val transform's work on the device: 64 × 64 already, so only scaling and normalising
+    amp, images, B, normalise = amp_policy(device, opt["amp"]), data["images"], opt["batch"], normaliser(device)
+    def batches():
         while True:
-            for i in range(0, len(images) - B + 1, B):
-                yield ((images[i:i + B].permute(0, 3, 1, 2).float()/255 - mean)/std).contiguous(memory_format=layout)
+            for i in range(0, len(images) - B + 1, B): yield normalise(images[i:i + B]).contiguous(memory_format=layout)
     @torch.no_grad()
     def step(x):
         with amp.autocast(device.type): model(x)
@@ -339,16 +365,34 @@ def options(sizes:Sizes, device:torch.device, allow_compile:bool, ddp_world:int)
 
 SETTINGS = ("kind", "group", "preset", "batch", "amp", "channels_last", "data", "workers", "checkpoint", "compile", "aug", "warmup", "steps")
 
+def option_need(opt:dict, ctx:dict) -> float:
+    """Seconds an option needs left in the budget to be started: its kind's `min_s`. Compile's is decided before it starts,
+    since a compilation under way cannot be stopped: `min_s["compile"]` (the compilation of forward and backward with cold
+    caches: 150 s on a GPU, an estimate) plus its warm-up and timed steps at the base option's measured eager step time."""
+    need = ctx["sizes"].min_s[opt.get("budget", opt["kind"])]
+    eager = ctx["rows"].get("base", {}).get("seconds_per_step")
+    return need + (opt["warmup"] + opt["steps"])*eager if opt["compile"] and eager else need
+
+
+def budget_skip(opt:dict, ctx:dict) -> str|None:
+    "Why the time budget leaves no time for the option (the reason starts with 'time budget'), or None if it can start."
+    need, left = option_need(opt, ctx), ctx["deadline"] - time.perf_counter()
+    return f"time budget: {max(0, left):.0f} s left, the option needs about {need:.0f} s" if left < need else None
+
+
+def error_text(e:BaseException) -> str: return f"{type(e).__name__}: {' '.join(str(e).split())}"[:400]
+
+
 def run_option(opt:dict, ctx:dict) -> dict:
     "One option's row: its measurements, or its error (`Type: message`), or why it was skipped; memory freed before and after."
     row = dict(name=opt["name"], **{k: opt[k] for k in SETTINGS}) | ({"batch_source": opt["batch_source"]} if "batch_source" in opt else {})
     if "skip" in opt: return row | dict(status="skipped", reason=opt["skip"])
-    need, left = ctx["sizes"].min_s[opt.get("budget", opt["kind"])], ctx["deadline"] - time.perf_counter()
-    if left < need: return row | dict(status="skipped", reason=f"time budget: {max(0, left):.0f} s left, the option needs about {need} s")
+    if why := budget_skip(opt, ctx): return row | dict(status="skipped", reason=why)
+    row["need_s"] = round(option_need(opt, ctx), 1)   # beside its wall_s: how good the estimate was
     free(ctx["device"], opt["compile"])
     start = time.perf_counter()
     try: row |= dict(status="ok") | MEASURE[opt["kind"]](opt, ctx)
-    except Exception as e: row |= dict(status="error", error=f"{type(e).__name__}: {' '.join(str(e).split())}"[:400])
+    except Exception as e: row |= dict(status="error", error=error_text(e))
     free(ctx["device"], opt["compile"])
     return row | dict(wall_s=round(time.perf_counter() - start, 1))
 
@@ -360,6 +404,151 @@ def free(device:torch.device, compiled:bool=False):
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+
+
+# The checks: what only a run on the device shows, a few steps each on one fixed batch of `Sizes.check_batch` images. They run
+# before the options: they take seconds, and a first run on a GPU must report them even if the options overrun the budget.
+
+def check_opt(ctx:dict, amp:str) -> dict:
+    "What `make_trainer` reads, for a check's trainer: the run's preset and layout, autocast `amp`, eager, no checkpointing."
+    return dict(kind="train", preset=ctx["sizes"].preset, channels_last=ctx["sizes"].channels_last, amp=amp, checkpoint=False, compile=False)
+
+
+def amp_missing(device:torch.device, amp:str) -> str|None:
+    "Why autocast `amp` cannot run on `device` (`amp_policy`'s refusal), or None."
+    try: amp_policy(device, amp)
+    except QonstraintError as e: return str(e)
+
+
+def weights(t) -> list[torch.Tensor]: return [p.detach().clone() for p in t.params]
+
+
+def innermost(e:BaseException, frames:int=3) -> str:
+    "The last `frames` Python frames of `e`'s traceback, innermost last: the line that made the call."
+    return " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.line}" for f in reversed(traceback.extract_tb(e.__traceback__)[-frames:]))
+
+
+def check_sync_debug(ctx:dict, amp:str) -> dict:
+    "A step of `build_trainer`'s step, after a warm-up step, under `torch.cuda.set_sync_debug_mode('error')`: ok if nothing in it waits for the GPU."
+    device = ctx["device"]
+    if device.type != "cuda": return dict(status="skipped", detail="no CUDA")
+    if why := amp_missing(device, amp): return dict(status="skipped", detail=why)
+    t, s = make_trainer(check_opt(ctx, amp), device)
+    t.train_step(*ctx["batch"], s)                                   # the first step's lazy set-up (AdamW's state, the scale) apart
+    torch.cuda.synchronize(device)
+    torch.cuda.set_sync_debug_mode("error")
+    try: t.train_step(*ctx["batch"], s)
+    except RuntimeError as e: return dict(status="failed", error=error_text(e), detail=f"at {innermost(e)}")
+    finally: torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize(device)
+    return dict(status="ok", detail=f"{t.amp.mode}: no synchronising call in a training step")
+
+
+def check_nonfinite(ctx:dict, amp:str, value:float) -> dict:
+    """After a normal step, a step whose gradient is not finite (a hook sets one parameter's to `value`): every weight must be
+    unchanged, a loss-scaling scaler's scale lowered, an unscaled one's left as it was."""
+    if why := amp_missing(ctx["device"], amp): return dict(status="skipped", detail=why)
+    t, s = make_trainer(check_opt(ctx, amp), ctx["device"])
+    t.train_step(*ctx["batch"], s)                                   # AdamW's state exists: the skipped step must not touch it either
+    before, scale = weights(t), t.scaler.get_scale()
+    hook = t.params[0].register_hook(lambda g: torch.full_like(g, value))
+    try: t.train_step(*ctx["batch"], s)
+    finally: hook.remove()
+    after = t.scaler.get_scale()
+    changed = sum(not torch.equal(a, b) for a, b in zip(before, weights(t)))
+    ok = not changed and (after < scale if t.amp.scaler else after == scale)
+    return dict(status="ok" if ok else "failed",
+                detail=f"{t.amp.mode}, fused AdamW {t.opt.defaults['fused']}, a gradient set to {value}: {changed} of {len(before)} weight "
+                       f"tensors changed, scale {scale:g} -> {after:g}",
+                numbers=dict(changed_tensors=changed, tensors=len(before), scale_before=scale, scale_after=after))
+
+
+def restore_into(t, ck:dict) -> list[str]:
+    "`qonstraint.train.restore_scaler` into trainer `t`, through a stand-in for the run's parts (it reads amp, trainer, env.main, dir); its warnings."
+    parts = SimpleNamespace(amp=t.amp, trainer=t, env=SimpleNamespace(main=True), dir="(bench/gpu.py's check)")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        restore_scaler(parts, ck)
+    return [str(w.message) for w in said]
+
+
+def check_resume(ctx:dict, was:str, now:str) -> dict:
+    """A checkpoint's loss scaler from AMP mode `was`, restored into a trainer of mode `now` by `restore_scaler`: it must warn, keep the
+    scale of a fresh trainer of `now`, and its next step must have the gradient norm of a fresh one's (the same seed and batch;
+    without clipping, so that the gradients left after the step are those the optimizer used: 65,536 × too large if the scale came over)."""
+    device = ctx["device"]
+    if why := amp_missing(device, was) or amp_missing(device, now): return dict(status="skipped", detail=why)
+    old, s = make_trainer(check_opt(ctx, was), device)
+    old.train_step(*ctx["batch"], s)
+    ck = dict(amp=old.amp.mode, scaler=old.scaler.state_dict(), epoch=1)    # what `qonstraint.train.save` records of them
+    said, scales, norms = [], [], []
+    for restored in (True, False):                                           # the resumed trainer, then a fresh one
+        t, s = make_trainer(check_opt(ctx, now), device)
+        t.grad_clip = math.inf
+        if restored: said = restore_into(t, ck)
+        scales.append(t.scaler.get_scale())
+        t.train_step(*ctx["batch"], s)
+        norms.append(torch.nn.utils.get_total_norm([p.grad for p in t.params if p.grad is not None]).item())
+    ratio = norms[0]/norms[1]
+    ok = bool(said) and scales[0] == scales[1] and 0.5 <= ratio <= 2
+    return dict(status="ok" if ok else "failed",
+                detail=f"{ck['amp']} -> {t.amp.mode}: scale {scales[0]:g} (fresh {scales[1]:g}), gradient norm {ratio:.3g} × a fresh step's, "
+                       + ("warned" if said else "no warning"), warning=said[0] if said else None,
+                numbers=dict(scale=scales[0], fresh_scale=scales[1], grad_norm=norms[0], fresh_grad_norm=norms[1], warnings=len(said)))
+
+
+def check_bitwise(ctx:dict, deterministic:bool) -> dict:
+    """Two fresh trainers of the same seed take the same 2 steps on the same batch: are their weights equal bit for bit? Reported,
+    never failed; `deterministic`: under `seed_everything(0, deterministic=True)` (a kernel without a deterministic version: which)."""
+    cublas, runs = os.environ.get("CUBLAS_WORKSPACE_CONFIG"), []
+    try:
+        with deterministic_kernels_explained():
+            for _ in range(2):
+                t, s = make_trainer(check_opt(ctx, ctx["sizes"].amp), ctx["device"], deterministic=deterministic)
+                for _ in range(2): t.train_step(*ctx["batch"], s)
+                runs.append(weights(t))
+    except QonstraintError as e: return dict(status="reported", detail=f"did not run: {' '.join(str(e).split())}"[:300])
+    finally:
+        seed_everything(0)                                   # deterministic algorithms off again, for what follows
+        if cublas is None: os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    differ = sum(not torch.equal(a, b) for a, b in zip(*runs))
+    diff = max((a.double() - b.double()).abs().max().item() for a, b in zip(*runs))
+    return dict(status="reported", detail=f"amp {t.amp.mode}{', deterministic' if deterministic else ''}: "
+                + ("equal bit for bit" if not differ else f"{differ} of {len(runs[0])} weight tensors differ, by at most {diff:.3g}"),
+                numbers=dict(equal=not differ, differing_tensors=differ, tensors=len(runs[0]), max_abs_diff=diff))
+
+
+def check_compile_budget(ctx:dict, opts:list[dict]) -> dict:
+    """The compile option's budget decision, made before it compiles: skipped ('time budget…') with half the time it needs left,
+    started with twice; a measured eager step (a stand-in of 1 s here) must raise what it needs."""
+    opt, eager = next(o for o in opts if o["compile"]), ctx | dict(rows={"base": dict(seconds_per_step=1.0)})
+    need, with_step, now = option_need(opt, ctx), option_need(opt, eager), time.perf_counter()
+    short, enough = (budget_skip(opt, eager | dict(deadline=now + f*with_step)) for f in (0.5, 2))
+    ok = (short or "").startswith("time budget") and enough is None and with_step > need
+    return dict(status="ok" if ok else "failed",
+                detail=f"needs {need:.0f} s, {with_step:.0f} s after a 1 s eager step; with {with_step/2:.0f} s left: "
+                       f"{short or 'started'}; with {2*with_step:.0f} s left: {enough or 'started'}",
+                numbers=dict(need_s=need, need_with_1s_step_s=with_step))
+
+
+def checks(ctx:dict, opts:list[dict]) -> list[tuple]:
+    "The checks in the order they run, as (name, function of no argument)."
+    return [("sync debug, fp16", partial(check_sync_debug, ctx, "fp16")), ("sync debug, bf16", partial(check_sync_debug, ctx, "bf16")),
+            ("fp16: inf gradient", partial(check_nonfinite, ctx, "fp16", math.inf)),
+            ("bf16: NaN gradient", partial(check_nonfinite, ctx, "bf16", math.nan)),
+            ("resume fp16 -> bf16", partial(check_resume, ctx, "fp16", "bf16")), ("resume bf16 -> fp16", partial(check_resume, ctx, "bf16", "fp16")),
+            ("compile stopped on budget", partial(check_compile_budget, ctx, opts)),
+            ("bitwise, 2 runs", partial(check_bitwise, ctx, False)), ("bitwise, deterministic", partial(check_bitwise, ctx, True))]
+
+
+def run_check(name:str, check, ctx:dict) -> dict:
+    "One check's row: name, status (ok, failed, skipped, reported), detail or error, numbers, wall_s; an exception is a failure."
+    if why := budget_skip(dict(kind="check", compile=False), ctx): return dict(name=name, status="skipped", detail=why)
+    start = time.perf_counter()
+    try: row = check()
+    except Exception as e: row = dict(status="failed", error=error_text(e), detail=f"at {innermost(e)}")
+    free(ctx["device"])
+    return dict(name=name) | row | dict(wall_s=round(time.perf_counter() - start, 1))
 
 
 def projection(rows:list[dict]) -> dict|None:
@@ -399,6 +588,10 @@ def print_report(r:dict):
           f"projection: an epoch of {TRAIN_IMAGES:,} train + {VAL_IMAGES:,} val images: {p['epoch_s']:.0f} s; {EPOCHS} epochs: "
           f"{p['run_h']:.2f} h at the best option ({p['option']}, {p['preset']}, {p['train_images_per_s']:.0f} img/s)"
           + ("" if p["eval_images_per_s"] else "; the eval option did not run: training only"))
+    c = r["check_counts"]
+    print(f"checks: {c['ok']} ok, {c['failed']} failed, {c['skipped']} skipped, {c['reported']} reported")
+    w = max(len(x["name"]) for x in r["checks"])
+    for x in r["checks"]: print(f"  {x['name'].ljust(w)}  {x['status'].ljust(8)}  {': '.join(filter(None, (x.get('error'), x.get('detail'))))}")
     print(f"{r['counts']['ok']} ran, {r['counts']['error']} failed, {r['counts']['skipped']} skipped, in {r['seconds']:.0f} s; wrote {r['out']}")
 
 
@@ -410,7 +603,7 @@ def main():
     p.add_argument("--compile", action="store_true", help="on the CPU, measure compile too (minutes)")
     p.add_argument("--ddp-cpu", type=int, default=0, metavar="N",
                    help="on the CPU, run the DDP option in N Gloo processes (a check that its code runs; slow)")
-    p.add_argument("--strict", action="store_true", help="exit status 1 if an option that ran recorded an error")
+    p.add_argument("--strict", action="store_true", help="exit status 1 if an option that ran recorded an error, or a check failed")
     a = p.parse_args()
     warnings.filterwarnings("ignore")
     try: device = torch.device("cpu") if a.cpu else get_device("auto")
@@ -426,9 +619,14 @@ def main():
     ddp_world = torch.cuda.device_count() if device.type == "cuda" else a.ddp_cpu
     ctx = dict(device=device, sizes=sizes, peak=peak, deadline=T0 + budget, rows={}, ddp_world=ddp_world,
                data=dict(images=images, labels=labels, host=host))
+    ctx["batch"] = (normaliser(device)(images[:sizes.check_batch]).contiguous(),                  # the checks' one batch
+                    torch.nn.functional.one_hot(labels[:sizes.check_batch], NUM_CLASSES).float())
     del images, labels
+    opts = options(sizes, device, a.compile, ddp_world)
+    checked = [run_check(name, check, ctx) for name, check in checks(ctx, opts)]
+    check_counts = {k: sum(c["status"] == k for c in checked) for k in ("ok", "failed", "skipped", "reported")}
     rows = []
-    for opt in options(sizes, device, a.compile, ddp_world):
+    for opt in opts:
         ddp = opt["kind"] == "ddp" and "skip" not in opt
         if ddp: ctx["data"] = dict(host=host); free(device)             # the GPUs to the DDP processes, whole
         rows.append(run_option(opt, ctx))
@@ -441,19 +639,20 @@ def main():
                            synthetic_images=sizes.images, loader_images=sizes.loader_images,
                            loader_note="the DataLoader draws its batches from a host copy of the first loader_images synthetic images", warmup_steps=sizes.warmup, timed_steps=sizes.steps,
                            loader_warmup="warmup_steps + workers × prefetch_factor 2 (the workers' start-up and first batches)",
-                           stochastic_steps="1 warm-up + 3 timed", budget_s=budget, epochs=EPOCHS,
+                           stochastic_steps="1 warm-up + 3 timed", budget_s=budget, epochs=EPOCHS, check_batch=sizes.check_batch,
                            train_flops_per_image="6 × count_macs (forward 2 FLOPs per MAC, backward 2 × forward)",
                            eval_flops_per_image="2 × count_macs", memory="CUDA: max_memory_allocated during the option less the "
                            "allocation before it (the synthetic data); the estimate: estimate_memory(swa=False).total; CPU: not measured",
                            macs={x["preset"]: macs(x["preset"]) for x in rows if x["status"] == "ok"} | {sizes.preset: macs(sizes.preset)}),
-             results=rows, projection=projection(rows), counts=counts, seconds=round(time.perf_counter() - T0, 1), out=str(out))
+             results=rows, checks=checked, check_counts=check_counts, projection=projection(rows), counts=counts, seconds=round(time.perf_counter() - T0, 1), out=str(out))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(r, indent=2) + "\n")
     print_report(r)
     best = r["projection"] or {}
     print(json.dumps(dict(mode=r["mode"], gpu=m["gpu"], best_option=best.get("option"), train_images_per_s=best.get("train_images_per_s"),
-                          epoch_s=best.get("epoch_s"), run_h=best.get("run_h"), **counts, seconds=r["seconds"], out=str(out))))
-    if a.strict and counts["error"]: raise SystemExit(1)
+                          epoch_s=best.get("epoch_s"), run_h=best.get("run_h"), **counts, checks_failed=check_counts["failed"],
+                          seconds=r["seconds"], out=str(out))))
+    if a.strict and (counts["error"] or check_counts["failed"]): raise SystemExit(1)
 
 
 if __name__ == "__main__": main()

@@ -52,8 +52,13 @@ bad += [f"{x['name']}: {x['status']}: {x.get('error') or x.get('reason')}" for x
 bad += [f"{x['name']}: no {k!r}" for x in rows if x["status"] == "ok" for k in ("images_per_s", "tflops", "estimate_mib", "step_peak_mib") if k not in x]
 bad += [f"no {k} option ran" for k in ("train", "eval", "stochastic") if not any(x["kind"] == k and x["status"] == "ok" for x in rows)]
 if "projection" in r and not r["projection"]: bad.append("no projection (no training option ran)")
+checks = r.get("checks", [])   # on the CPU every check runs but sync debug (no CUDA); a failed one is a failure
+bad += ["no checks"] if not checks else [f"check {c['name']}: {c['status']}: {c.get('error') or c.get('detail')}" for c in checks
+        if c["status"] not in ("ok", "reported") and not (c["status"] == "skipped" and c["name"].startswith("sync debug")
+                                                         and c["detail"] == "no CUDA")]
 print("\n".join(["FAIL: bench/gpu.py's JSON:"] + bad) if bad else
-      f"ok: bench/gpu.py runs (CPU-sized: {r['counts']['ok']} options ran, {r['counts']['skipped']} skipped, in {r['seconds']:.0f} s)")
+      f"ok: bench/gpu.py runs (CPU-sized: {r['counts']['ok']} options ran, {r['counts']['skipped']} skipped, "
+      f"{sum(c['status'] in ('ok', 'reported') for c in checks)} checks passed or reported, in {r['seconds']:.0f} s)")
 sys.exit(bool(bad))
 PY
 rm -rf "$bench"
