@@ -1,6 +1,8 @@
 # nbdev's setup.py: every setting lives in settings.ini; edit there, not here
 from configparser import ConfigParser
-import setuptools, shlex
+from pathlib import Path
+import setuptools, shlex, shutil
+from setuptools.command.build_py import build_py
 
 config = ConfigParser(delimiters=['='])
 config.read('settings.ini', encoding='utf-8')
@@ -18,7 +20,17 @@ py_versions = '3.10 3.11 3.12 3.13'.split()
 requirements = shlex.split(cfg.get('requirements', ''))
 dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
 
+class build_py_shipped(build_py):
+    "Also copy settings.ini's `shipped_files` (papermill notebooks, the paper's numbers) into the package as qonstraint/_shipped/."
+    def run(self):
+        super().run()
+        for rel in cfg.get('shipped_files', '').split():
+            src, dst = Path(rel), Path(self.build_lib)/cfg['lib_path']/'_shipped'/rel
+            if src.is_dir(): shutil.copytree(src, dst, dirs_exist_ok=True)
+            else: dst.parent.mkdir(parents=True, exist_ok=True); shutil.copy2(src, dst)
+
 setuptools.setup(
+    cmdclass={'build_py': build_py_shipped},
     name=cfg['lib_name'],
     license=licenses.get(cfg['license'].lower(), cfg['license']),
     classifiers=['Development Status :: ' + statuses[int(cfg['status'])],

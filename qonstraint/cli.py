@@ -10,8 +10,8 @@ from pathlib import Path
 
 from fastcore.docments import docments
 
-from .core import QonstraintError
-from .experiments import SIZES, paper_grid, run_grid
+from .core import QonstraintError, check_choice, shipped
+from .experiments import KAGGLE_QUOTA_H, PAPER_EPOCH_S, SIZES, TRAIN_NB, grid_cost, paper_grid, run_grid
 from .export import add_export_args, export_command
 from .figures import load_runs, write_outputs
 from .studies import load_paper
@@ -21,8 +21,9 @@ from .runfolder import ADD_RUNS, read_json
 from .train import TrainConfig, fit, parse_settings
 
 # %% auto 0
-__all__ = ['COMMANDS', 'GRID_DEFAULTS', 'main', 'train_fields', 'add_train_args', 'train_config', 'train_command',
-           'add_plan_args', 'plan_command', 'add_figures_args', 'figures_command', 'add_grid_args', 'grid_command']
+__all__ = ['COMMANDS', 'GRID_DEFAULTS', 'NOTEBOOKS', 'main', 'train_fields', 'add_train_args', 'train_config', 'train_command',
+           'add_grid_selection', 'selected_grid', 'add_plan_args', 'plan_command', 'add_figures_args',
+           'figures_command', 'add_grid_args', 'grid_command', 'add_notebook_args', 'notebook_command']
 
 # %% ../nbs/20_cli.ipynb 5
 COMMANDS = {}  # name -> (adds its arguments to a parser, runs it and returns the exit status, one line of help); filled below
@@ -72,17 +73,41 @@ def train_command(args:argparse.Namespace) -> int:
 COMMANDS["train"] = (add_train_args, train_command, "train one run (or resume it): TrainConfig fields as field=value")
 
 # %% ../nbs/20_cli.ipynb 19
+GRID_DEFAULTS = {k: p.default for k, p in inspect.signature(paper_grid).parameters.items() if p.default is not p.empty}
+
+def add_grid_selection(p:argparse.ArgumentParser, size:str=GRID_DEFAULTS["size"]):
+    "The arguments that choose the grid's runs (`paper_grid`'s), shared by `grid`, `plan --grid` and `kaggle push --grid`."
+    d = GRID_DEFAULTS
+    p.add_argument("--size", default=size, choices=list(SIZES), help=f"paper: the paper's setup; cpu: digits at CPU size (default: {size})")
+    p.add_argument("--studies", nargs="+", default=list(d["studies"]), metavar="STUDY", help=f"the studies (default: {' '.join(d['studies'])})")
+    p.add_argument("--seeds", nargs="+", type=int, default=list(d["seeds"]), metavar="SEED",
+                   help=f"the main and controller studies' seeds (default: {' '.join(map(str, d['seeds']))})")
+    p.add_argument("--ablation-seeds", nargs="+", type=int, metavar="SEED", help="the other studies' seeds (default: the first of --seeds)")
+
+def selected_grid(args:argparse.Namespace) -> list:
+    "The grid runs `add_grid_selection`'s arguments choose."
+    return paper_grid(args.size, studies=tuple(args.studies), seeds=tuple(args.seeds), ablation_seeds=args.ablation_seeds)
+
 def add_plan_args(p:argparse.ArgumentParser):
-    "The arguments of `qonstraint plan`: those of `qonstraint train`, and the length of the timed window."
+    "The arguments of `qonstraint plan`: those of `qonstraint train` and the timed window; or `--grid` and the grid's."
     add_train_args(p)
     p.add_argument("--seconds", type=float, default=20, metavar="S", help="time about S seconds of training steps (default 20)")
+    p.add_argument("--grid", action="store_true", help="instead: add up the paper's grid (GPU-hours, Kaggle sessions, weeks of quota)")
+    add_grid_selection(p, size="paper")
+    p.add_argument("--epoch-seconds", type=float, default=PAPER_EPOCH_S, metavar="S",
+                   help=f"with --grid: Qonstraint 5.9's epoch in seconds on your GPU (default {PAPER_EPOCH_S}: the paper's P100)")
+    p.add_argument("--quota-hours", type=float, default=KAGGLE_QUOTA_H, metavar="H", help=f"with --grid: weekly GPU quota (default {KAGGLE_QUOTA_H})")
 
 def plan_command(args:argparse.Namespace) -> int:
-    "Run `qonstraint plan`: print the plan of the run the fields describe."
-    print(plan(train_config(args), seconds=args.seconds))
+    "Run `qonstraint plan`: print the plan of the run the fields describe, or (--grid) the grid's projected cost."
+    if not args.grid: print(plan(train_config(args), seconds=args.seconds))
+    else:
+        source = "the paper's P100 epoch (III.D)" if args.epoch_seconds == PAPER_EPOCH_S else "--epoch-seconds"
+        print(grid_cost(selected_grid(args), args.epoch_seconds, source, args.quota_hours))
     return 0
 
-COMMANDS["plan"] = (add_plan_args, plan_command, "will this run fit? memory, time per epoch and per run, from a few timed steps here")
+COMMANDS["plan"] = (add_plan_args, plan_command,
+                    "will this run fit? memory, time per epoch and per run, from a few timed steps; --grid: the grid's GPU-hours")
 
 # %% ../nbs/20_cli.ipynb 23
 COMMANDS["predict"] = (add_predict_args, predict_command, "the top-k classes of image files, from a trained run")
@@ -109,16 +134,9 @@ def figures_command(args:argparse.Namespace) -> int:
 COMMANDS["figures"] = (add_figures_args, figures_command, "the paper's figures and tables, from run folders")
 
 # %% ../nbs/20_cli.ipynb 34
-GRID_DEFAULTS = {k: p.default for k, p in inspect.signature(paper_grid).parameters.items() if p.default is not p.empty}
-
 def add_grid_args(p:argparse.ArgumentParser):
     "The arguments of `qonstraint grid`, with `paper_grid`'s defaults."
-    d = GRID_DEFAULTS
-    p.add_argument("--size", default=d["size"], choices=list(SIZES), help=f"paper: the paper's setup; cpu: digits at CPU size (default: {d['size']})")
-    p.add_argument("--studies", nargs="+", default=list(d["studies"]), metavar="STUDY", help=f"the studies to run (default: {' '.join(d['studies'])})")
-    p.add_argument("--seeds", nargs="+", type=int, default=list(d["seeds"]), metavar="SEED",
-                   help=f"the main and controller studies' seeds (default: {' '.join(map(str, d['seeds']))})")
-    p.add_argument("--ablation-seeds", nargs="+", type=int, metavar="SEED", help="the other studies' seeds (default: the first of --seeds)")
+    add_grid_selection(p)
     p.add_argument("--out", default="runs", help="parent folder of the run folders (default: runs)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (train, resume or skip each run) and train nothing")
     p.add_argument("--max-minutes", type=float, metavar="M", help="time budget of the whole grid, in minutes (default: none)")
@@ -126,11 +144,29 @@ def add_grid_args(p:argparse.ArgumentParser):
 
 def grid_command(args:argparse.Namespace) -> int:
     "Run `qonstraint grid`: print the plan, or carry it out and print the state of each run after."
-    grid = paper_grid(args.size, studies=tuple(args.studies), seeds=tuple(args.seeds), ablation_seeds=args.ablation_seeds)
-    plan = run_grid(grid, args.out, dry_run=args.dry_run, max_minutes=args.max_minutes, workers=args.workers)
+    plan = run_grid(selected_grid(args), args.out, dry_run=args.dry_run, max_minutes=args.max_minutes, workers=args.workers)
     counts = ", ".join(f"{n} {action}" for action, n in plan.action.value_counts().items())
     print(f"{len(plan)} runs ({counts})" + (": the plan; nothing was trained" if args.dry_run else ""))
     print(plan.to_string(index=False))
     return 0
 
 COMMANDS["grid"] = (add_grid_args, grid_command, "the paper's ablation grid: train every run that is not finished")
+
+# %% ../nbs/20_cli.ipynb 38
+NOTEBOOKS = ("train", "experiments", "paper")   # the papermill notebooks, shipped as nbs/<name>.ipynb
+
+def add_notebook_args(p:argparse.ArgumentParser):
+    "The arguments of `qonstraint notebook`."
+    p.add_argument("name", choices=NOTEBOOKS, help="train: one run; experiments: the ablation grid; paper: the figures and tables")
+    p.add_argument("--out", metavar="FILE", help="where to write it (default: NAME.ipynb in the current folder)")
+    p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+
+def notebook_command(args:argparse.Namespace) -> int:
+    "Run `qonstraint notebook`: copy a shipped papermill notebook out of the package."
+    out = Path(args.out or f"{args.name}.ipynb")
+    if out.exists() and not args.force: raise QonstraintError(f"{out} exists. Fix: --force to overwrite it, or --out another file.")
+    out.write_bytes(shipped(f"nbs/{args.name}.ipynb").read_bytes())
+    print(f"wrote {out}: run it with papermill {out} {out.stem}-out.ipynb -p name value ...")
+    return 0
+
+COMMANDS["notebook"] = (add_notebook_args, notebook_command, "write a papermill notebook (train, experiments, paper) out of the package")

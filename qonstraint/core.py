@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb 2
 from __future__ import annotations
-import contextlib, errno, os, random, shutil, tempfile
+import contextlib, errno, os, random, shutil, tempfile, warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,10 +12,11 @@ import numpy as np
 import torch
 
 # %% auto 0
-__all__ = ['P100_FIX', 'AMP_MODES', 'KAGGLE_ROOT', 'QonstraintError', 'check_choice', 'seed_everything', 'seed_worker',
-           'loader_seeding', 'get_rng_state', 'set_rng_state', 'arch_supported', 'cuda_arch_error', 'check_cuda_arch',
-           'get_device', 'AmpPolicy', 'amp_policy', 'on_kaggle', 'work_dir', 'cache_dir', 'free_bytes', 'WriteError',
-           'writing', 'atomic_write', 'atomic_write_bytes']
+__all__ = ['P100_FIX', 'AMP_MODES', 'UNSCALED_GROWTH', 'KAGGLE_ROOT', 'SHIPPED_DIR', 'QonstraintError', 'check_choice',
+           'seed_everything', 'deterministic_kernels_explained', 'seed_worker', 'loader_seeding', 'get_rng_state',
+           'set_rng_state', 'set_cuda_rng_states', 'arch_supported', 'cuda_arch_error', 'check_cuda_arch', 'get_device',
+           'AmpPolicy', 'amp_policy', 'on_kaggle', 'work_dir', 'cache_dir', 'checkout_dir', 'project_dir',
+           'package_dir', 'shipped', 'free_bytes', 'WriteError', 'writing', 'atomic_write', 'atomic_write_bytes']
 
 # %% ../nbs/00_core.ipynb 5
 class QonstraintError(Exception):
@@ -31,13 +32,26 @@ def check_choice(what:str,    # what is being chosen, e.g. "head"
     return value
 
 # %% ../nbs/00_core.ipynb 10
-def seed_everything(seed:int,                # one seed for Python, NumPy, torch and CUDA
-                    deterministic:bool=True): # also ask cuDNN for deterministic kernels
-    "Seed Python's `random`, NumPy, torch and every CUDA device."
+def seed_everything(seed:int,                 # one seed for Python, NumPy, torch and CUDA
+                    deterministic:bool=False): # bitwise-repeatable GPU runs: only deterministic kernels (slower)
+    "Seed Python's `random`, NumPy, torch and every CUDA device; cuDNN picks deterministic convolutions, no autotuning."
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # seeds the CPU and every CUDA generator
-    if deterministic: torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    if deterministic: os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # cuBLAS's condition for repeatable matmuls
+    torch.use_deterministic_algorithms(deterministic)
+
+@contextlib.contextmanager
+def deterministic_kernels_explained():
+    "Turn PyTorch's error for a kernel with no deterministic version (under `deterministic=True`) into one with the fix."
+    try: yield
+    except RuntimeError as e:
+        if "does not have a deterministic implementation" not in str(e): raise
+        op = str(e).split()[0]
+        raise QonstraintError(f"deterministic=True, but {op} has no deterministic kernel on this device (PyTorch: "
+                              f"{str(e)[:160]}…). Fix: deterministic=False (the run is then repeatable up to such kernels: "
+                              "exactly on the CPU, to rounding on a GPU), or train this run on the CPU.") from e
 
 def seed_worker(worker_id:int):
     "DataLoader `worker_init_fn`: seed NumPy and `random` in a worker from the torch seed PyTorch gave it."
@@ -62,7 +76,16 @@ def set_rng_state(state:dict):
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
-    if state["cuda"]: torch.cuda.set_rng_state_all(state["cuda"])
+    set_cuda_rng_states(state["cuda"])
+
+def set_cuda_rng_states(states:list):
+    "Restore saved CUDA generator states onto the GPUs this machine has, with a warning when the counts differ."
+    have = torch.cuda.device_count()
+    if len(states) != have:
+        warnings.warn(f"the checkpoint holds the random state of {len(states)} CUDA GPU(s) and this machine has {have}: "
+                      f"{min(len(states), have)} restored, the others keep the run's seed. Resuming on another machine "
+                      "continues the run, not bit for bit.", stacklevel=3)
+    for i, s in enumerate(states[:have]): torch.cuda.set_rng_state(s, i)
 
 # %% ../nbs/00_core.ipynb 18
 def _cc(arch:str) -> tuple[int, int]:
@@ -111,6 +134,7 @@ def get_device(device:str="auto") -> torch.device:
 
 # %% ../nbs/00_core.ipynb 26
 AMP_MODES = ("auto", "fp16", "bf16", "off")
+UNSCALED_GROWTH = 2**31 - 1   # the growth interval of a scaler that never scales (bf16, fp32): in effect never
 
 @dataclass(frozen=True)
 class AmpPolicy:
@@ -120,11 +144,16 @@ class AmpPolicy:
 
     @property
     def enabled(self) -> bool: return self.dtype is not None
+    @property
+    def mode(self) -> str:
+        "'off', 'bf16', 'fp16' or 'fp16+scaling': what a checkpoint records, since a scaler's state fits only its own mode."
+        if not self.enabled: return "off"
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype] + ("+scaling" if self.scaler else "")
     def autocast(self, device_type:str): return torch.autocast(device_type, dtype=self.dtype, enabled=self.enabled)
     def make_scaler(self, device_type:str) -> torch.amp.GradScaler:
         "A `GradScaler`: loss scaling for fp16; otherwise scale 1, kept only to skip steps with non-finite gradients."
         if self.scaler: return torch.amp.GradScaler(device_type)
-        return torch.amp.GradScaler(device_type, init_scale=1.0, growth_interval=2**31 - 1)
+        return torch.amp.GradScaler(device_type, init_scale=1.0, growth_interval=UNSCALED_GROWTH)
 
 def amp_policy(device:torch.device|str,  # the training device
                mode:str|bool="auto",      # "auto" | "fp16" | "bf16" | "off" (True = "auto", False = "off")
@@ -140,7 +169,7 @@ def amp_policy(device:torch.device|str,  # the training device
         raise QonstraintError(f"amp='bf16' asked for, but this GPU (sm_{capability[0]}{capability[1]}) has no fast "
                               "bfloat16; use amp='fp16' (or 'auto').")
     if mode == "off": return AmpPolicy(None, False)
-    return AmpPolicy(torch.bfloat16, False) if mode == "bf16" else AmpPolicy(torch.float16, dev.type == "cuda")
+    return AmpPolicy(torch.bfloat16, False) if mode == "bf16" else AmpPolicy(torch.float16, True)   # fp16 always scales its loss
 
 # %% ../nbs/00_core.ipynb 30
 KAGGLE_ROOT = Path("/kaggle")
@@ -160,6 +189,33 @@ def cache_dir(root:Path=KAGGLE_ROOT) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home()/".cache"))/"qonstraint"
 
 # %% ../nbs/00_core.ipynb 34
+SHIPPED_DIR = "_shipped"   # the folder inside the installed package that holds the checkout's shipped files
+
+def checkout_dir(start:Path|str=".") -> Path|None:
+    "The qonstraint checkout at or above `start` (a folder with settings.ini and the qonstraint package), or None."
+    for d in [Path(start).absolute(), *Path(start).absolute().parents]:
+        if (d/"settings.ini").is_file() and (d/"qonstraint"/"__init__.py").is_file(): return d
+    return None
+
+def project_dir(start:Path|str=".") -> Path:
+    "Where data/, runs/ and figures/ are: the checkout at or above `start`, else `start` itself (an installed wheel)."
+    return checkout_dir(start) or Path(start).absolute()
+
+def package_dir() -> Path:
+    "The folder of the imported `qonstraint` package."
+    import qonstraint
+    return Path(qonstraint.__file__).parent
+
+def shipped(path:str) -> Path:
+    "A checkout file that travels in the wheel (settings.ini `shipped_files`), by its path in the checkout: the checkout's own, else the wheel's."
+    pkg = package_dir()
+    src = pkg.parent if checkout_dir(pkg) == pkg.parent else pkg/SHIPPED_DIR
+    if not (src/path).exists():
+        raise QonstraintError(f"{path} is not in {src}: this qonstraint installation is incomplete. Fix: reinstall the package "
+                              "(pip install --force-reinstall qonstraint, or pip install -e . in the checkout).")
+    return src/path
+
+# %% ../nbs/00_core.ipynb 38
 def free_bytes(path:Path|str) -> int:
     "Bytes free on the filesystem that holds `path` (or its nearest existing parent)."
     path = Path(path).absolute()

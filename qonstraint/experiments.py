@@ -4,23 +4,24 @@
 
 # %% ../nbs/16_experiments.ipynb 2
 from __future__ import annotations
-import os, shutil, time
+import math, os, shutil, time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from .core import QonstraintError, check_choice
+from .core import QonstraintError, check_choice, shipped
 from .model import PRESETS
-from .baselines import network_name
+from .baselines import network_config, network_name
+from .budget import count_macs
 from .runfolder import CONFIG_FILE, LOG_FILES, find_run_dirs, read_json, run_state, write_json
-from .studies import GRID_TEACHER, PAPER_RECIPE, STUDIES, study_runs
+from .studies import GRID_TEACHER, MAIN, PAPER_RECIPE, STUDIES, study_runs
 
 # %% auto 0
-__all__ = ['SIZES', 'UNSCALED', 'MIN_MINUTES', 'TRAIN_NB', 'PATH_FIELDS', 'SHIPPED', 'STALE', 'RESOLVED_FIELDS', 'scaled_widths',
-           'run_name', 'GridRun', 'paper_grid', 'grid_teacher', 'papermill_run', 'run_grid', 'portable_config',
-           'export_logs']
+__all__ = ['SIZES', 'UNSCALED', 'PAPER_EPOCH_S', 'KAGGLE_QUOTA_H', 'SESSION_MINUTES', 'MIN_MINUTES', 'TRAIN_NB', 'PATH_FIELDS',
+           'SHIPPED', 'STALE', 'RESOLVED_FIELDS', 'scaled_widths', 'run_name', 'GridRun', 'paper_grid', 'grid_teacher',
+           'forward_macs', 'GridCost', 'grid_cost', 'papermill_run', 'run_grid', 'portable_config', 'export_logs']
 
 # %% ../nbs/16_experiments.ipynb 5
 SIZES = {
@@ -90,22 +91,66 @@ def grid_teacher(grid:list[GridRun], student:GridRun) -> str:
     return found[0]
 
 # %% ../nbs/16_experiments.ipynb 16
+PAPER_EPOCH_S = 5*60 + 33      # "The training loop takes 5:33 per epoch" (III.D): Qonstraint 5.9, batch 256, AMP, one Tesla P100
+KAGGLE_QUOTA_H = 30            # Kaggle's weekly GPU quota, in hours (today's; a parameter of grid_cost)
+SESSION_MINUTES = 690          # what one 12-hour Kaggle session gives a grid call: 11.5 h, the rest for start-up and saving output
+
+def forward_macs(cfg:dict, num_classes:int=200) -> int:
+    "Multiply-accumulates of one image's forward through the network a grid run's fields name."
+    return count_macs(network_config(cfg["preset"], num_classes, cfg.get("head", MAIN["head"]), cfg.get("stem", MAIN["stem"]), cfg.get("model")))
+
+@dataclass
+class GridCost:
+    "A grid's projected GPU time on TinyImageNet, run by run, against Kaggle's sessions and weekly quota."
+    runs:pd.DataFrame      # run, studies, epochs, macs (forward, M), epoch_min, hours
+    epoch_s:float          # Qonstraint 5.9's epoch, in seconds, that the projection scales
+    source:str             # where epoch_s comes from
+    quota_h:float          # the weekly GPU quota, in hours
+    @property
+    def hours(self) -> float: return float(self.runs.hours.sum())
+    @property
+    def sessions(self) -> int: return math.ceil(60*self.hours/SESSION_MINUTES)
+    @property
+    def weeks(self) -> int: return math.ceil(self.hours/self.quota_h)
+    def __str__(self):
+        by_study = self.runs.assign(study=self.runs.studies.str.split(", ").str[0]).groupby("study", sort=False).agg(
+            runs=("run", "size"), hours=("hours", "sum"))
+        return (f"PROJECTED from {self.source} (5.9: {self.epoch_s:.0f} s per epoch), other networks scaled by forward MACs; "
+                f"not measured.\n{by_study.round(1).to_string()}\n"
+                f"{len(self.runs)} runs, {self.hours:.0f} GPU-hours: {self.sessions} Kaggle sessions of {SESSION_MINUTES/60:g} h, "
+                f"{self.weeks} weeks of a {self.quota_h:g}-hour weekly GPU quota")
+
+def grid_cost(grid:list[GridRun], epoch_s:float=PAPER_EPOCH_S, source:str="the paper's P100 epoch (III.D)",
+              quota_h:float=KAGGLE_QUOTA_H) -> GridCost:
+    "Project every run's GPU hours from 5.9's `epoch_s`, scaled by forward MACs (a teacher's forward added) and epochs."
+    if bad := [r.name for r in grid if r.config.get("dataset", "tinyimagenet") != "tinyimagenet"]:
+        raise QonstraintError(f"grid_cost projects TinyImageNet runs; {bad[0]} (and {len(bad) - 1} more) train on "
+                              f"{grid[0].config.get('dataset')}. Fix: the paper's size (size='paper', qonstraint plan --grid --size paper).")
+    by_name, ref = {r.name: r for r in grid}, forward_macs(MAIN)
+    def cost(r:GridRun) -> float:   # training ≈ forward + backward (3 forwards); a teacher adds one forward
+        teacher = by_name[r.config["teacher"]].config if r.config.get("teacher") in by_name else None
+        return (3*forward_macs(r.config) + (forward_macs(teacher) if teacher else 0))/(3*ref)
+    runs = pd.DataFrame([dict(run=r.name, studies=", ".join(r.studies), epochs=r.config.get("epochs", PAPER_RECIPE["epochs"]),
+                              macs=forward_macs(r.config)/1e6, epoch_min=epoch_s*cost(r)/60) for r in grid])
+    return GridCost(runs.assign(hours=runs.epochs*runs.epoch_min/60), epoch_s, source, quota_h)
+
+# %% ../nbs/16_experiments.ipynb 20
 MIN_MINUTES = 5  # a run is not started with less time than this left in the grid's budget
-TRAIN_NB = Path(__file__).parent.parent/"nbs"/"train.ipynb" if "__file__" in globals() else Path("train.ipynb").absolute()
+TRAIN_NB = "nbs/train.ipynb"   # the training notebook, in the checkout and in the wheel (`qonstraint.core.shipped`)
 
 def _jsonable(v):
     "Tuples (and tuples in dicts) as lists, the way papermill passes parameters."
     if isinstance(v, dict): return {k: _jsonable(x) for k, x in v.items()}
     return [_jsonable(x) for x in v] if isinstance(v, (tuple, list)) else v
 
-def papermill_run(params:dict, out_dir:Path, notebook:Path=TRAIN_NB):
+def papermill_run(params:dict, out_dir:Path, notebook:Path|None=None):   # None: the package's train.ipynb
     "Execute `train.ipynb` once with `params` (not planned first: `fit` still projects after epoch 1), keeping the executed copy in `out_dir/notebooks/`."
     import papermill as pm
     (out_dir/"notebooks").mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(str(notebook), str(out_dir/"notebooks"/f"{params['run_name']}.ipynb"),
-                        parameters=_jsonable(params) | dict(plan_first=False), cwd=str(Path(notebook).parent), progress_bar=False)
+    pm.execute_notebook(str(notebook or shipped(TRAIN_NB)), str(out_dir/"notebooks"/f"{params['run_name']}.ipynb"),
+                        parameters=_jsonable(params) | dict(plan_first=False), progress_bar=False)   # in the caller's folder
 
-# %% ../nbs/16_experiments.ipynb 18
+# %% ../nbs/16_experiments.ipynb 22
 def run_grid(grid:list[GridRun],    # from `paper_grid`
              out_dir,               # parent of the run folders
              execute=papermill_run, # called as execute(params, out_dir) for each run to train
@@ -138,7 +183,7 @@ def run_grid(grid:list[GridRun],    # from `paper_grid`
     plan["state_after"] = [run_state(out_dir/r.name) for r in grid]
     return plan
 
-# %% ../nbs/16_experiments.ipynb 24
+# %% ../nbs/16_experiments.ipynb 28
 PATH_FIELDS = ("out_dir", "data_dir", "init_from", "teacher")   # TrainConfig fields that hold paths
 
 def portable_config(config:dict, run_dir:Path) -> dict:
@@ -157,7 +202,7 @@ def export_logs(src, dst) -> list[str]:
         names.append(d.name)
     return names
 
-# %% ../nbs/16_experiments.ipynb 27
+# %% ../nbs/16_experiments.ipynb 31
 SHIPPED = {   # folder under data/: the paper_grid arguments of the grid whose logs it holds (Makefile: grid, grid-baselines)
     "runs/cpu": dict(size="cpu", studies=("main", "controller", "stem", "depth", "version", "head"), ablation_seeds=(0, 1)),
     "baselines/cpu": dict(size="cpu", studies=("baselines",), seeds=(0,), epochs=12),

@@ -22,8 +22,8 @@ from .baselines import Baseline, BaselineConfig, config_from_json, network_confi
 
 # %% auto 0
 __all__ = ['CONFIG_FILE', 'CLASSES_FILE', 'LOG_FILE', 'SUMMARY_FILE', 'LOG_FILES', 'WEIGHT_FILES', 'LOCK_FILE', 'ADD_RUNS',
-           'LOG_COLUMNS', 'TIMING_COLUMNS', 'OPTIONAL_COLUMNS', 'CKPT_FORMAT', 'CHECKSUM_FILE', 'write_json',
-           'read_json', 'log_columns', 'log_row', 'RunLog', 'git_commit', 'write_config', 'run_network',
+           'LOG_COLUMNS', 'TIMING_COLUMNS', 'OPTIONAL_COLUMNS', 'CKPT_FORMAT', 'CHECKSUM_FILE', 'FREE_ON_RESUME',
+           'write_json', 'read_json', 'log_columns', 'log_row', 'RunLog', 'git_commit', 'write_config', 'run_network',
            'read_checksums', 'sha256_file', 'write_weights', 'verify_weights', 'trust_weights', 'settings_diff',
            'save_checkpoint', 'load_checkpoint', 'load_weights', 'Run', 'read_log', 'read_run', 'run_state',
            'run_contents', 'find_run_dirs', 'RunLock', 'weights_file', 'load_network', 'build_network', 'upgrade_run',
@@ -180,11 +180,13 @@ def trust_weights(run_dir:Path|str) -> dict:
     write_json(run_dir/CHECKSUM_FILE, sums)
     return sums
 
+FREE_ON_RESUME = ("resume", "max_minutes", "device", "amp", "deterministic", "num_workers")   # how and where, not what, a run trains
+
 def settings_diff(saved:dict, now:dict) -> dict:
-    "The settings (TrainConfig fields) of `now` that `saved` records otherwise, as {field: (now, saved)}; resume and max_minutes may differ."
+    "The settings (TrainConfig fields) of `now` that `saved` records otherwise, as {field: (now, saved)}, but for `FREE_ON_RESUME`."
     plain = lambda d: json.loads(json.dumps(d, default=str))   # tuples and lists alike
     saved, now = plain(saved), plain(now)
-    return {k: (v, saved.get(k)) for k, v in now.items() if k not in ("resume", "max_minutes") and saved.get(k) != v}
+    return {k: (v, saved.get(k)) for k, v in now.items() if k not in FREE_ON_RESUME and saved.get(k) != v}
 
 def save_checkpoint(path:Path|str, **state):
     "Write a training state atomically, its checksum (and epoch) recorded."

@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import qonstraint
 from .collate import MIX_MODES
 from .controller import CONTROLLERS, make_controller, phase2_starts
-from .core import QonstraintError, check_choice
+from .core import QonstraintError, check_choice, checkout_dir, shipped
 from .model import PRESETS
 from .runfolder import (CONFIG_FILE, LOG_FILE, SUMMARY_FILE, RunLog, log_row, network_config, write_config,
                                   write_json)
@@ -203,16 +202,14 @@ class Paper:
     main_run_text:pd.DataFrame  # IV.A.1-2: the numbers of the prose; `flag` says where the paper's own tables contradict one ('' elsewhere)
 
 def repo_root(start:Path|str=".") -> Path:
-    "The nearest folder at or above `start` holding settings.ini: the qonstraint checkout."
-    start = Path(start).resolve()
-    for d in (start, *start.parents):
-        if (d/"settings.ini").is_file(): return d
-    raise QonstraintError(f"no settings.ini at or above {start}: run from inside the qonstraint checkout, or pass the folders explicitly.")
+    "The qonstraint checkout at or above `start` (`qonstraint.core.checkout_dir`), for what only a checkout holds (data/runs/)."
+    if root := checkout_dir(start): return root
+    raise QonstraintError(f"no qonstraint checkout at or above {Path(start).absolute()}: run from inside the checkout, or pass the folders explicitly.")
 
-def load_paper(path:Path|str|None=None  # folder of the paper's CSVs; None: data/paper of the qonstraint checkout
+def load_paper(path:Path|str|None=None  # folder of the paper's CSVs; None: data/paper/, in the checkout or the installed wheel
               ) -> Paper:
     "The paper's numbers, checked."
-    path = Path(path) if path is not None else repo_root(Path(qonstraint.__file__).parent)/"data"/"paper"
+    path = Path(path) if path is not None else shipped("data/paper")
     frames = {}
     for name, columns in PAPER_COLUMNS.items():
         f = path/f"{name}.csv"

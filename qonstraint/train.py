@@ -20,8 +20,8 @@ from tqdm.std import tqdm
 from .augment import AUG_LEVELS, train_transform, val_transform
 from .collate import MIX_MODES, MixCollate
 from .controller import CONTROLLERS, BaseSchedule, ConfidenceController, ControlState, ControllerConfig, make_controller, phase2_starts
-from .core import (AMP_MODES, AmpPolicy, QonstraintError, WriteError, amp_policy, check_choice, on_kaggle, seed_everything,
-                             seed_worker, set_rng_state)
+from .core import (AMP_MODES, UNSCALED_GROWTH, AmpPolicy, QonstraintError, WriteError, amp_policy, check_choice,
+                             deterministic_kernels_explained, on_kaggle, seed_everything, seed_worker, set_rng_state)
 from .data import DATASETS, DataBundle, load_dataset
 from .device_augment import DeviceAugment, DeviceMix, device_batches
 from .distributed import DistEnv, barrier, dist_env, gather_rng_states, join_processes, launch, reduce_sum, wrap_ddp
@@ -40,9 +40,10 @@ from .step import (DISTILL_KINDS, EMA_CADENCES, Distill, Trainer, build_trainer,
 __all__ = ['KAGGLE_SESSION_MINUTES', 'TrainConfig', 'check_train_config', 'parse_settings', 'Decision', 'over_budget',
            'reload_reason', 'decide', 'check_init_from', 'check_teacher', 'make_distill', 'make_network',
            'freeze_backbone', 'epoch_order', 'make_loader', 'on_device', 'Parts', 'make_trainer', 'build_run',
-           'eval_loader', 'train_batches', 'progress', 'start_run', 'save', 'restart_run', 'resume_run', 'rank0_says',
-           'train_one', 'record', 'final_evaluation', 'finish', 'time_budget', 'duration', 'Projection',
-           'faster_options', 'foresee', 'writer_lock', 'resumable_on_write_error', 'fit', 'main']
+           'eval_loader', 'train_batches', 'progress', 'start_run', 'save', 'restart_run', 'saved_amp',
+           'restore_scaler', 'resume_run', 'rank0_says', 'train_one', 'record', 'final_evaluation', 'finish',
+           'time_budget', 'duration', 'Projection', 'faster_options', 'foresee', 'writer_lock',
+           'resumable_on_write_error', 'fit', 'main']
 
 # %% ../nbs/14_train.ipynb 5
 @dataclass
@@ -81,6 +82,7 @@ class TrainConfig:
     max_minutes:float|None = None     # stop cleanly (checkpoint written) when another epoch would overrun this wall-clock budget
     device:str = "auto"               # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
     amp:str = "auto"                  # "auto" | "fp16" | "bf16" | "off"
+    deterministic:bool = False        # only deterministic kernels (bitwise-repeatable GPU runs; slower; an error where none exists)
     num_workers:int = 2               # DataLoader worker processes
     init_from:str|None = None         # run folder to start from (its network and model.safetensors); a new classifier if the class count differs
     freeze_epochs:int = 0             # first epochs with the backbone (stem, stages, fusion) frozen: only the head trains
@@ -317,7 +319,7 @@ def build_run(cfg:TrainConfig,
     "The parts of one process of the run `cfg` describes, its `data_on_device` decided (see `on_device`)."
     env, device = join_processes(cfg.devices, cfg.device)
     amp = amp_policy(device, cfg.amp)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed, cfg.deterministic)
     if cfg.init_from is not None and not cfg.resume: check_init_from(cfg)     # a resumed run has its own weights
     if cfg.teacher is not None: check_teacher(cfg)
     data = data or load_dataset(cfg.dataset, root=cfg.data_dir, seed=cfg.split_seed, download=cfg.download, img_size=cfg.img_size)
@@ -329,7 +331,7 @@ def build_run(cfg:TrainConfig,
     model.set_grad_checkpointing(cfg.checkpoint_stages)
     if env.main and (advice := memory_advice(model.cfg, cfg.batch_size//cfg.devices, device, amp, cfg.checkpoint_stages)):
         warnings.warn(advice, stacklevel=2)
-    if env.world > 1: seed_everything(cfg.seed + 1_000_003*env.rank)         # each process draws its own augmentations
+    if env.world > 1: seed_everything(cfg.seed + 1_000_003*env.rank, cfg.deterministic)         # each process draws its own augmentations
     ctrl = make_controller(cfg.controller, cfg.epochs, cfg.betas[0], base_lr=cfg.lr, min_lr=cfg.min_lr, max_lr=cfg.max_lr,
                            warmup_epochs=max(1, cfg.warmup_epochs))
     trainer, compiled = make_trainer(cfg, model, ctrl, env, device, amp, len(data.train), make_distill(cfg, data))
@@ -381,13 +383,12 @@ def save(p:Parts, name:str, epoch:int):
     t, swa, rng = p.trainer, p.swa, gather_rng_states(p.env)
     if p.env.main:
         save_checkpoint(p.dir/name, config=asdict(p.cfg), epoch=epoch, step=t.step, best=p.best, model=p.model.state_dict(),
-                        optimizer=t.opt.state_dict(), scaler=t.scaler.state_dict(), ema=t.ema.state_dict(),
+                        optimizer=t.opt.state_dict(), amp=p.amp.mode, scaler=t.scaler.state_dict(), ema=t.ema.state_dict(),
                         swa=None if swa is None else swa.state_dict(), controller=p.ctrl.state_dict(), rng=rng)
 
 def restart_run(p:Parts) -> int:
     "Start a run that stopped before its first checkpoint again from epoch 1 (its settings checked first); return 1."
-    settings = {k: v for k, v in asdict(p.cfg).items() if k != "device"}   # config.json's device is the one the run took
-    if diff := settings_diff(read_json(p.dir/CONFIG_FILE), settings):
+    if diff := settings_diff(read_json(p.dir/CONFIG_FILE), asdict(p.cfg)):
         raise QonstraintError(f"{p.dir} was started with other settings (now, then): {diff}. Fix: resume with the run's own "
                               "settings, or use another run_name.")
     if p.env.main:
@@ -396,12 +397,26 @@ def restart_run(p:Parts) -> int:
     barrier()
     return start_run(p)
 
+def saved_amp(ck:dict) -> str:
+    "The AMP mode a checkpoint was trained in (one from before the record: read off its scaler, 'fp16+scaling' or 'unscaled')."
+    return ck.get("amp") or ("unscaled" if ck["scaler"]["growth_interval"] == UNSCALED_GROWTH else "fp16+scaling")
+
+def restore_scaler(p:Parts, ck:dict):
+    "Restore the loss scaler only into the mode it scaled for; across modes, keep the fresh one of this mode and say so."
+    was, now = saved_amp(ck), p.amp.mode
+    same_kind = was.endswith("+scaling") == now.endswith("+scaling")   # two loss-scaling scalers, or two that never scale
+    if same_kind: p.trainer.scaler.load_state_dict(ck["scaler"])
+    if (same_kind and was in (now, "unscaled")) or not p.env.main: return
+    warnings.warn(f"{p.dir} trained in AMP mode {was!r} until epoch {ck['epoch']}; this machine trains it in {now!r}. "
+                  + ("" if same_kind else "Its loss scaler starts afresh in this mode (the other mode's scale would be wrong here). ")
+                  + "The run continues; its later epochs are not bit for bit those the first machine would have trained.", stacklevel=3)
+
 def resume_run(p:Parts) -> int:
     "Restore everything from last.pt (none yet: start again); return the first epoch still to train."
     if not (p.dir/WEIGHT_FILES["last"]).is_file() and (p.dir/CONFIG_FILE).is_file(): return restart_run(p)
     ck, t = load_checkpoint(p.dir/WEIGHT_FILES["last"], asdict(p.cfg)), p.trainer
     p.model.load_state_dict(ck["model"]); t.opt.load_state_dict(ck["optimizer"])
-    t.scaler.load_state_dict(ck["scaler"]); t.ema.load_state_dict(ck["ema"]); p.ctrl.load_state_dict(ck["controller"])
+    restore_scaler(p, ck); t.ema.load_state_dict(ck["ema"]); p.ctrl.load_state_dict(ck["controller"])
     if ck["swa"] is not None: p.swa = AveragedModel(p.model); p.swa.load_state_dict(ck["swa"])
     t.step, p.best = ck["step"], ck["best"]
     if p.env.main:
@@ -523,7 +538,7 @@ def faster_options(cfg:TrainConfig, device:torch.device, compiled:bool) -> list[
     if not compiled and compile_unavailable(device) is None: opts.append("compile=True (torch.compile of the training forward)")
     if cfg.amp == "off": opts.append('amp="auto" (mixed precision)')
     if cfg.checkpoint_stages: opts.append("checkpoint_stages=False, if memory allows (it recomputes the stages in backward)")
-    return opts + [f"fewer epochs than {cfg.epochs}", "max_minutes, then resume=True in another session (the run stops cleanly and continues exactly)"]
+    return opts + [f"fewer epochs than {cfg.epochs}", "max_minutes, then resume=True in another session (the run stops cleanly and continues where it stopped)"]
 
 def foresee(p:Parts, row:dict):
     "After the first epoch a process trains: print the projected run time; warn, naming faster options, if it will not fit its budget."
@@ -549,7 +564,7 @@ def resumable_on_write_error(run_dir:Path):
 def fit(cfg:TrainConfig) -> Run:
     "Train one run as `cfg` says (or continue it, with `resume=True`); return its folder, history, summary and config."
     if cfg.devices > 1 and dist_env().world == 1: return launch(asdict(cfg))
-    with writer_lock(cfg), resumable_on_write_error(cfg.run_dir):
+    with writer_lock(cfg), resumable_on_write_error(cfg.run_dir), deterministic_kernels_explained():
         p = build_run(cfg)
         status = "finished"
         first = resume_run(p) if cfg.resume else start_run(p)
