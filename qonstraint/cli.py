@@ -170,3 +170,10 @@ def notebook_command(args:argparse.Namespace) -> int:
     return 0
 
 COMMANDS["notebook"] = (add_notebook_args, notebook_command, "write a papermill notebook (train, experiments, paper) out of the package")
+
+# %% ../nbs/20_cli.ipynb 41
+from functools import partial
+from .kaggle import add_kaggle_args, kaggle_command
+
+COMMANDS["kaggle"] = (add_kaggle_args, partial(kaggle_command, check=TrainConfig.from_dict),
+                      "train on Kaggle: push a kernel and its wheels, pull its run logs back, or ask its status")
