@@ -4,7 +4,7 @@
 
 # %% ../nbs/00a_testing.ipynb 2
 from __future__ import annotations
-import ast, contextlib, json, struct, traceback, zipfile
+import ast, contextlib, json, struct, subprocess, sys, traceback, zipfile
 from pathlib import Path
 
 import torch
@@ -12,7 +12,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 # %% auto 0
-__all__ = ['count_host_syncs', 'import_closure', 'flip_tensor_byte']
+__all__ = ['count_host_syncs', 'import_closure', 'flip_tensor_byte', 'bare_env']
 
 # %% ../nbs/00a_testing.ipynb 5
 class _ScalarReads(TorchDispatchMode):
@@ -86,3 +86,16 @@ def flip_tensor_byte(path:Path|str) -> int:
         f.seek(offset); b = f.read(1)[0]
         f.seek(offset); f.write(bytes([b ^ 0xFF]))
     return offset
+
+# %% ../nbs/00a_testing.ipynb 16
+def bare_env(dest:Path|str) -> Path:
+    "A virtual environment at `dest` with this environment's packages but not qonstraint; return its python."
+    dest, view = Path(dest), Path(dest)/"packages"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(dest)], check=True)
+    view.mkdir()
+    for p in Path(torch.__file__).parent.parent.iterdir():      # this environment's site-packages, but qonstraint
+        if not p.name.startswith(("qonstraint", "__editable__")): (view/p.name).symlink_to(p)
+    py = dest/"bin"/"python"
+    site = subprocess.run([py, "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True, text=True, check=True).stdout.strip()
+    (Path(site)/"packages.pth").write_text(f"{view}\n")
+    return py

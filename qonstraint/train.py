@@ -563,6 +563,9 @@ def resumable_on_write_error(run_dir:Path):
 
 def fit(cfg:TrainConfig) -> Run:
     "Train one run as `cfg` says (or continue it, with `resume=True`); return its folder, history, summary and config."
+    if cfg.resume and run_state(cfg.run_dir) == "finished":          # nothing left to train (a grid or Kaggle session run again)
+        print(f"{cfg.run_dir} has finished: nothing to train", flush=True)
+        return read_run(cfg.run_dir)
     if cfg.devices > 1 and dist_env().world == 1: return launch(asdict(cfg))
     with writer_lock(cfg), resumable_on_write_error(cfg.run_dir), deterministic_kernels_explained():
         p = build_run(cfg)
