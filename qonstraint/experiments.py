@@ -20,7 +20,7 @@ from .studies import GRID_TEACHER, MAIN, PAPER_RECIPE, STUDIES, study_runs
 
 # %% auto 0
 __all__ = ['SIZES', 'UNSCALED', 'PAPER_EPOCH_S', 'KAGGLE_QUOTA_H', 'SESSION_MINUTES', 'MIN_MINUTES', 'TRAIN_NB', 'PATH_FIELDS',
-           'SHIPPED', 'STALE', 'RESOLVED_FIELDS', 'scaled_widths', 'run_name', 'GridRun', 'paper_grid', 'grid_teacher',
+           'SHIPPED', 'RESOLVED_FIELDS', 'scaled_widths', 'run_name', 'GridRun', 'paper_grid', 'grid_teacher',
            'forward_macs', 'GridCost', 'grid_cost', 'papermill_run', 'run_grid', 'portable_config', 'export_logs']
 
 # %% ../nbs/16_experiments.ipynb 5
@@ -207,9 +207,5 @@ SHIPPED = {   # folder under data/: the paper_grid arguments of the grid whose l
     "runs/cpu": dict(size="cpu", studies=("main", "controller", "stem", "depth", "version", "head"), ablation_seeds=(0, 1)),
     "baselines/cpu": dict(size="cpu", studies=("baselines",), seeds=(0,), epochs=12),
     "controller/compound-cpu": dict(size="cpu", studies=("main",), controller={"explore_epochs": 4, "lr_rule": "compound"}),  # the earlier LR reading
-}
-STALE = {     # shipped folders whose runs predate the recipe as now read: their configs differ from the study's, and say so
-    "baselines/cpu": "trained on 2026-12-01 under the earlier reading of the LR rule (lr_rule='compound') with a collapse reload at 10 "
-                     "points, before split_seed and ema_every existed; `make grid-baselines` re-trains it under the recipe as now read",
 }
 RESOLVED_FIELDS = ("data_on_device", "out_dir", "data_dir", "init_from", "teacher", "resume", "max_minutes")  # set by the run, not the study
