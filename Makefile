@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test figures grid grid-baselines bench bench-gpu clean
+.PHONY: install demo test test-floor test-kaggle figures grid grid-baselines bench bench-gpu clean
 
 # a virtual environment with the package (editable) and its dev tools; redone when the requirements change
 $(VENV)/.installed: settings.ini setup.py
@@ -51,8 +51,25 @@ bench: install
 bench-gpu: install
 	$(BIN)/python bench/gpu.py
 
+# `make test` (CI) also runs, on the two other sets of versions below, the notebooks that use the version-sensitive APIs
+# of their pins: the data (scikit-learn, PIL, numpy), the timm baselines (09b: timm's Attention, VisionTransformer, meta-device
+# builds), inference (safetensors, PIL) and the figures from the shipped runs (paper: pandas, matplotlib, seaborn). The whole
+# suite three times over would not fit CI's time (each set takes about as long as the main suite, plus its build);
+# `make test-floor` / `make test-kaggle` run all of it.
+FLOOR_NBS  = 01_data 09b_baselines 18_inference paper
+KAGGLE_NBS = 01_data paper
 test: install
 	PATH="$(abspath $(BIN)):$$PATH" bash tools/test.sh
+	bash tools/test_env.sh floor $(FLOOR_NBS)
+	bash tools/test_env.sh kaggle $(KAGGLE_NBS)
+
+# every test on the lowest versions settings.ini declares (tools/requirements/floor.txt), in .venv-floor/; NBS="01_data ..." for some
+test-floor: install
+	bash tools/test_env.sh floor $(NBS)
+
+# every test pinned like Kaggle's image (tools/requirements/kaggle.txt: matplotlib 3.7, numpy 1.26, IPython 7.34...), in .venv-kaggle/
+test-kaggle: install
+	bash tools/test_env.sh kaggle $(NBS)
 
 clean:
-	rm -rf $(VENV) *.egg-info _proc _docs
+	rm -rf $(VENV) .venv-floor .venv-kaggle *.egg-info _proc _docs

@@ -65,7 +65,7 @@ class LocalitySelfAttention(Attention):
     def forward(self, x:torch.Tensor, attn_mask:torch.Tensor|None=None, is_causal:bool=False) -> torch.Tensor:
         if attn_mask is not None or is_causal: raise QonstraintError("LocalitySelfAttention makes its own (diagonal) mask.")
         B, N, _ = x.shape
-        gate = self.gate(x).sigmoid() if self.gate is not None else None
+        gate = self.gate(x).sigmoid() if getattr(self, "gate", None) is not None else None   # timm < 1.0.28 has no gate
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # B, h, N, d each
         q, k = self.q_norm(q), self.k_norm(k)
         others = ~torch.eye(N, dtype=torch.bool, device=x.device)                                   # N, N: True = may attend
