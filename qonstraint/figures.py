@@ -328,7 +328,8 @@ def _cost_bars(ax, sel:pd.DataFrame, variants:list, ablation:str, col:str, how:s
     mean, std = per_run.mean().reindex(variants), per_run.std().reindex(variants)
     batch = sel.drop_duplicates("run").groupby("variant").batch_size.agg(lambda b: "/".join(map(str, sorted(set(b))))).reindex(variants)
     xs = np.arange(len(variants))
-    ax.bar(xs, mean.to_numpy(), yerr=std.to_numpy(), color=[_color(ablation, v) for v in variants], capsize=4)  # no bar for one run
+    err = None if std.isna().all() else std.to_numpy()   # one run each: no error bars (matplotlib 3.7 warns on all-NaN ones)
+    ax.bar(xs, mean.to_numpy(), yerr=err, color=[_color(ablation, v) for v in variants], capsize=4)  # NaN: no bar for one run
     ax.set_xticks(xs, [f"{v}\nbatch {b}" for v, b in zip(variants, batch)])
     ax.set_ylabel(ylabel)
     p = paper_rows[(paper_rows.metric == paper_metric) & paper_rows.variant.isin(variants)]

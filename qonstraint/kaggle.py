@@ -231,7 +231,9 @@ from pathlib import Path
 wheels = attached(kaggle_root, bundle)
 if wheels is None:
     raise FileNotFoundError(f"the bundle {{bundle}} is not attached under {{kaggle_root}}/input. Fix: push with qonstraint kaggle push")
-pip = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(wheels),
+# --no-deps: the image's own torch and libraries serve, whatever their versions (settings.ini's floors, torch>=2.14 among
+# them, are what the tests passed on; an image's older torch would otherwise stop a kernel that cannot download)
+pip = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--find-links", str(wheels),
                       *map(str, sorted(wheels.glob("*.whl")))], capture_output=True, text=True)
 print(pip.stdout[-2000:])
 if pip.returncode:
