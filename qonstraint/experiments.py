@@ -123,15 +123,14 @@ class GridCost:
 def grid_cost(grid:list[GridRun], epoch_s:float=PAPER_EPOCH_S, source:str="the paper's P100 epoch (III.D)",
               quota_h:float=KAGGLE_QUOTA_H) -> GridCost:
     "Project every run's GPU hours from 5.9's `epoch_s`, scaled by forward MACs (a teacher's forward added) and epochs."
-    if bad := [r.name for r in grid if r.config.get("dataset", "tinyimagenet") != "tinyimagenet"]:
-        raise QonstraintError(f"grid_cost projects TinyImageNet runs; {bad[0]} (and {len(bad) - 1} more) train on "
-                              f"{grid[0].config.get('dataset')}. Fix: the paper's size (size='paper', qonstraint plan --grid --size paper).")
-    by_name, ref = {r.name: r for r in grid}, forward_macs(MAIN)
-    def cost(r:GridRun) -> float:   # training ≈ forward + backward (3 forwards); a teacher adds one forward
-        teacher = by_name[r.config["teacher"]].config if r.config.get("teacher") in by_name else None
-        return (3*forward_macs(r.config) + (forward_macs(teacher) if teacher else 0))/(3*ref)
+    if bad := [r for r in grid if r.config.get("dataset", "tinyimagenet") != "tinyimagenet"]:
+        raise QonstraintError(f"grid_cost projects TinyImageNet runs; {bad[0].name} (and {len(bad) - 1} more) train on "
+                              f"{bad[0].config['dataset']}. Fix: the paper's size (size='paper', qonstraint plan --grid --size paper).")
+    macs, ref = {r.name: forward_macs(r.config) for r in grid}, forward_macs(MAIN)   # each network counted once
+    def cost(r:GridRun) -> float:   # training ≈ forward + backward (3 forwards); a teacher of this grid adds one forward
+        return (3*macs[r.name] + macs.get(r.config.get("teacher"), 0))/(3*ref)
     runs = pd.DataFrame([dict(run=r.name, studies=", ".join(r.studies), epochs=r.config.get("epochs", PAPER_RECIPE["epochs"]),
-                              macs=forward_macs(r.config)/1e6, epoch_min=epoch_s*cost(r)/60) for r in grid])
+                              macs=macs[r.name]/1e6, epoch_min=epoch_s*cost(r)/60) for r in grid])
     return GridCost(runs.assign(hours=runs.epochs*runs.epoch_min/60), epoch_s, source, quota_h)
 
 # %% ../nbs/16_experiments.ipynb 20
