@@ -4,7 +4,7 @@
     python bench/data.py --keep           # keep the folder: the next run skips writing it
     python bench/data.py --root DIR --workers 4 --repeat 2
 
-Writes a synthetic folder in the exact `tiny-imagenet-200` layout with `qonstraint.data.make_fake_tinyimagenet`:
+Writes a synthetic folder in the exact `tiny-imagenet-200` layout with `qonstraint.testing.make_fake_tinyimagenet`:
 200 classes x 500 train JPEGs, 10,000 val JPEGs listed in `val/val_annotations.txt`, 10,000 unlabelled test JPEGs,
 one image in 50 grayscale, ~2.8 kB per JPEG (the official zip: 248 MB for its 120,000). It is written once under
 --root (default: <temp dir>/qonstraint-bench-data), reused while its marker file says it is complete, and deleted
@@ -23,8 +23,9 @@ memory before loading (Python, torch); the peak memory of the process and its de
 their PSS, sampled every 0.1 s) above their PSS before loading; the size of the arrays the load returns (train + val
 + test uint8 images); and whether every load returned the same arrays (a SHA-1 of them, taken after the timing).
 
-Prints the tables with the machine it ran on and, as its last line, one JSON object: machine (with the load average
-at the start and the end); dataset (jpegs, jpeg_kb, grayscale, write_s: seconds to write it, null if reused);
+Prints the tables with the machine it ran on and, as its last line, one JSON object (also written to
+bench/results/data-<machine>-<date>.json, or --out, which bench/report.py renders into bench/RESULTS.md): machine (with
+the load average at the start and the end); dataset (jpegs, jpeg_kb, grayscale, write_s: seconds to write it, null if reused);
 arrays_mib; images; repeat; per phase (first, cached, first_1worker): workers, seconds, stages, cpu_s, peak_rss_mib,
 start_rss_mib, peak_pss_mib, start_pss_mib, peak_over_arrays (peak RSS / arrays), added_over_arrays ((peak - start
 RSS) / arrays), added_pss_over_arrays; all_first_s and all_first_1worker_s (every repeat); same_arrays; speedup
@@ -62,7 +63,7 @@ def cpu_s() -> float:
 
 def run_phase(root:Path, cache:Path, workers:int|None) -> dict:
     "One `load_dataset` call, timed by stage, with the memory it took."
-    import qonstraint.data as qd
+    import qonstraint.data as qd, qonstraint.tinyimagenet as qt
     start_rss, start_pss = proc_kib("VmRSS"), pss_kib(os.getpid())
     spent = dict(locate=0.0, arrays=0.0, decode=0.0, cache_write=0.0, cache_read=0.0)
 
@@ -72,16 +73,16 @@ def run_phase(root:Path, cache:Path, workers:int|None) -> dict:
             try: return fn(*a, **k)
             finally: spent[key] += time.perf_counter() - t
         return wrapper
-    for key, name in (("locate", "find_tinyimagenet"), ("arrays", "tinyimagenet_arrays"),
-                      ("decode", "decode_images"), ("cache_read", "_load_cache")):
-        setattr(qd, name, timed(key, getattr(qd, name)))
-    write = qd.atomic_write
+    for module, key, name in ((qd, "locate", "find_tinyimagenet"), (qd, "arrays", "tinyimagenet_arrays"),
+                              (qt, "decode", "decode_images"), (qt, "cache_read", "_load_cache")):
+        setattr(module, name, timed(key, getattr(module, name)))
+    write = qt.atomic_write
     @contextlib.contextmanager
     def timed_write(*a, **k):                   # np.savez, fsync and rename of the cache file
         t = time.perf_counter()
         with write(*a, **k) as f: yield f
         spent["cache_write"] += time.perf_counter() - t
-    qd.atomic_write = timed_write
+    qt.atomic_write = timed_write
 
     t, cpu0 = time.perf_counter(), cpu_s()
     d = qd.load_dataset("tinyimagenet", root=root, cache=cache, workers=workers)
@@ -135,7 +136,8 @@ def phase(name:str, root:Path, cache:Path, workers:int|None) -> dict:
 
 def ensure_folder(root:Path) -> tuple[Path, float|None]:
     "The synthetic `tiny-imagenet-200` under `root`, written unless complete; seconds spent writing it (None: reused)."
-    from qonstraint.data import TINY_DIR, make_fake_tinyimagenet
+    from qonstraint.core import TINY_DIR
+    from qonstraint.testing import make_fake_tinyimagenet
     marker, folder = root/MARKER, root/TINY_DIR
     if marker.is_file() and json.loads(marker.read_text()) == SIZE and (folder/"wnids.txt").is_file(): return folder, None
     marker.unlink(missing_ok=True)
@@ -171,7 +173,7 @@ def print_table(head:tuple, rows:list[tuple]):
 
 def main(args):
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
-    from qonstraint.data import usable_cores
+    from qonstraint.decode import usable_cores
     root = Path(args.root)
     folder, write_s = ensure_folder(root)
     data = describe(folder) | dict(write_s=write_s)
@@ -215,13 +217,16 @@ def main(args):
     keep = ("workers", "seconds", "stages", "cpu_s", "peak_rss_mib", "start_rss_mib", "peak_pss_mib", "start_pss_mib",
             "peak_over_arrays", "added_over_arrays", "added_pss_over_arrays")
     rnd = lambda v: {k: rnd(x) for k, x in v.items()} if isinstance(v, dict) else round(v, 3) if isinstance(v, float) else v
-    print(json.dumps(dict(machine=m | dict(load_avg_start=round(load0, 2), load_avg_end=round(load1, 2)), dataset=rnd(data),
-                          arrays_mib=round(first["arrays_mib"], 1), images=a, repeat=args.repeat,
-                          first=rnd({k: first[k] for k in keep}), cached=rnd({k: cached[k] for k in keep}),
-                          first_1worker=rnd({k: one[k] for k in keep}),
-                          all_first_s=[round(r["seconds"], 2) for r in runs["first"]],
-                          all_first_1worker_s=[round(r["seconds"], 2) for r in runs["first_1worker"]],
-                          same_arrays=same, speedup=round(speedup, 2), wall_s=round(wall, 1))))
+    r = dict(machine=m | dict(load_avg_start=round(load0, 2), load_avg_end=round(load1, 2)), dataset=rnd(data),
+             arrays_mib=round(first["arrays_mib"], 1), images=a, repeat=args.repeat,
+             first=rnd({k: first[k] for k in keep}), cached=rnd({k: cached[k] for k in keep}),
+             first_1worker=rnd({k: one[k] for k in keep}),
+             all_first_s=[round(r["seconds"], 2) for r in runs["first"]],
+             all_first_1worker_s=[round(r["seconds"], 2) for r in runs["first_1worker"]],
+             same_arrays=same, speedup=round(speedup, 2), wall_s=round(wall, 1))
+    from machine import write_result
+    print(f"wrote {write_result('data', r, args.out and Path(args.out))}")
+    print(json.dumps(r))
 
 
 if __name__ == "__main__":
@@ -231,6 +236,7 @@ if __name__ == "__main__":
     ap.add_argument("--keep", action="store_true", help="keep the synthetic folder when done (default: delete it)")
     ap.add_argument("--workers", type=int, default=None, help="decoding processes of the first load (default: usable cores)")
     ap.add_argument("--repeat", type=int, default=1, help="first loads of each kind, alternated; the fastest is reported")
+    ap.add_argument("--out", help="the JSON result file (default bench/results/data-<machine>-<date>.json)")
     ap.add_argument("--phase", help=argparse.SUPPRESS)           # internal: run one phase in this process
     ap.add_argument("--cache", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -1,13 +1,14 @@
 """Training and evaluation throughput of Qonstraint on a CUDA GPU, option by option, on synthetic TinyImageNet-shaped data.
 
-    python bench/gpu.py                   # on a CUDA machine: under 8 minutes (a 450 s budget, --budget-s, then the rest is skipped)
+    python bench/gpu.py                   # on a CUDA machine: under 8 minutes (a 450 s time limit, --time-limit-s, then the rest is skipped)
     python bench/gpu.py                   # without a GPU: the CPU-sized version (tiny preset, a few steps), about a minute
-    python bench/gpu.py --cpu --strict --budget-s 600 --out /tmp/gpu.json   # as tools/test.sh runs it: CPU-sized on any machine,
+    python bench/gpu.py --cpu --strict --time-limit-s 600 --out /tmp/gpu.json   # as tools/test.sh runs it: CPU-sized on any machine,
                                           # everything that can run runs, exit status 1 if an option that ran or a check failed
 
 The data are made on the device, nothing is downloaded: 80,000 uint8 images of 64 × 64 × 3 and labels of 200 classes (on the
-CPU: 256). Every option builds a fresh network and `qonstraint.step.build_trainer`'s step (AdamW, GradScaler, clipping, EMA:
-the training's), and `qonstraint.step.time_steps` times it: `warmup` steps, which absorb the start-up (compilation, the
+CPU: 256). Every option is a run's `TrainConfig` (the paper's recipe, `qonstraint.recipe.PAPER`) built by the library as a
+training run builds it (`qonstraint.parts.build_run`: a fresh network, the trainer's step with AdamW, GradScaler, clipping,
+EMA, and the run's own batches, `qonstraint.parts.train_stream`), and `qonstraint.step.time_steps` times it: `warmup` steps, which absorb the start-up (compilation, the
 DataLoader's workers and the batches they prefetch: workers × 2 more warm-up steps), then a window of `steps` steps with the
 device synchronised only at its two edges. The options on a GPU, Qonstraint 5.9 at batch 256:
   base          eager, fp16 + GradScaler, channels_last, data_on_device (augmented and mixed on the GPU)
@@ -26,21 +27,21 @@ Prints a table (option, images/s, peak MiB, estimated MiB, TFLOP/s, % of the car
 projected time of a TinyImageNet epoch (80,000 train + 20,000 val images) and of 70 epochs at the fastest 5.9 option, and as
 its last line a JSON object of those headline numbers; writes everything to one JSON file (--out; by default
 bench/results/<gpu>-<date>.json, cpu-<date>.json without a GPU). An option that fails is recorded with its error and the
-others go on; an option the time budget leaves no time for is recorded as skipped, never left out. Each option that started
-records `need_s`, the time it was expected to need (the budget's test), beside its `wall_s`.
+others go on; an option the time limit leaves no time for is recorded as skipped, never left out. Each option that started
+records `need_s`, the time it was expected to need (the time limit's test), beside its `wall_s`.
 
 Before the options, checks that only a run on the device can make, each a row {name, status: ok | failed | skipped |
 reported, detail or error, numbers} under "checks" in the JSON, a few steps each of `build_trainer`'s step on one fixed batch
 (GPU: 5.9 at batch 32; CPU: tiny at batch 8). They take seconds, and a first run on a GPU must report them even if the options
-overrun the budget:
+overrun the time limit:
   sync debug      a step (after a warm-up step) under torch.cuda.set_sync_debug_mode("error"), fp16 and bf16: failed, with the
                   call that synchronised, if anything in it waits for the GPU; skipped without CUDA
   inf, NaN        a hook sets a gradient to inf (fp16 + GradScaler) or NaN (bf16, the unscaled scaler; fused AdamW's found_inf):
                   every weight must be unchanged, the fp16 scale lowered, the unscaled one left at 1
   resume          a checkpoint's scaler from fp16 + scaling restored into a bf16 trainer by `qonstraint.train.restore_scaler`
                   (and bf16 into fp16): a warning, the fresh trainer's scale, the gradient norm of a fresh step's (not × 65,536)
-  compile budget  the compile option's budget decision (made before it compiles, a compilation cannot be stopped): skipped with
-                  "time budget…" when less time is left than `min_s["compile"]` + its steps at the base option's eager step time
+  compile limit   the compile option's time-limit decision (made before it compiles, a compilation cannot be stopped): skipped with
+                  "time limit…" when less time is left than `min_s["compile"]` + its steps at the base option's eager step time
   bitwise         two fresh trainers, the same seed and batch, 2 steps each: weights equal bit for bit, or by how much they
                   differ; again under seed_everything(0, deterministic=True) (or the op without a deterministic kernel).
                   Reported, never failed
@@ -58,28 +59,29 @@ from functools import cache, partial
 from pathlib import Path
 from types import SimpleNamespace
 
-T0 = time.perf_counter()                           # the time budget counts from here, imports included
+T0 = time.perf_counter()                           # the time limit counts from here, imports included
 
 import torch
-from torch.utils.data import DataLoader
 
-from qonstraint.augment import TINYIMAGENET_MEAN, TINYIMAGENET_STD, train_transform
-from qonstraint.collate import MixCollate
+from qonstraint.augment import TINYIMAGENET_MEAN, TINYIMAGENET_STD
 from qonstraint.controller import ConfidenceController, ControlState, drop_path_at, mix_prob_at
-from qonstraint.core import QonstraintError, amp_policy, deterministic_kernels_explained, get_device, loader_seeding, seed_everything
-from qonstraint.data import Split, usable_cores
-from qonstraint.device_augment import DeviceAugment, DeviceMix, device_batches
-from qonstraint.distributed import wrap_ddp
+from qonstraint.core import QonstraintError, amp_policy, deterministic_kernels_explained, get_device, seed_everything
+from qonstraint.data import DataBundle, Split
+from qonstraint.decode import usable_cores
+from qonstraint.device_augment import DeviceAugment
 from qonstraint.model import PRESETS, Qonstraint
 from qonstraint.budget import count_macs, estimate_memory
 from qonstraint.baselines import network_config
-from qonstraint.step import build_trainer, compile_forward, compile_unavailable, time_steps
+from qonstraint.config import TrainConfig
+from qonstraint.parts import TrainingRun, build_run, train_stream
+from qonstraint.recipe import PAPER
+from qonstraint.step import compile_unavailable, time_steps
 from qonstraint.studies import load_paper
 from qonstraint.train import restore_scaler
 
 from machine import machine                         # bench/machine.py
 
-TRAIN_IMAGES, VAL_IMAGES, EPOCHS = 80_000, 20_000, 70   # TinyImageNet with the paper's 80/20 split of the official train set
+TRAIN_IMAGES, VAL_IMAGES, EPOCHS = PAPER.train_images, PAPER.val_images, PAPER.epochs   # TinyImageNet, the paper's 80/20 split
 NUM_CLASSES, IMAGE = 200, 64
 PREFETCH = 2                                             # the DataLoader's prefetch_factor (its default)
 RESULTS = Path(__file__).resolve().parent/"results"
@@ -107,21 +109,20 @@ class Sizes:
     batch:int             # its training batch
     eval_batch:int        # and evaluation batch
     images:int            # synthetic images on the device
-    loader_images:int     # of them, copied to the host for the DataLoader (a slice: the loader draws from it)
     warmup:int            # steps before the timed window (the DataLoader's get workers × PREFETCH more)
     steps:int             # steps in the timed window
     amp:str               # the base option's autocast
     channels_last:bool    # the base option's layout
     loader_workers:tuple  # DataLoader options: worker counts
-    budget_s:float        # default time budget from the start, seconds
-    min_s:dict            # time an option needs left in the budget to be started, by kind (and the checks, "check")
+    time_limit_s:float    # default time limit from the start, seconds
+    min_s:dict            # time an option needs left in the time limit to be started, by kind (and the checks, "check")
     check_batch:int       # the checks' training batch
 
-GPU = Sizes("qonstraint_5_9", 256, 512, TRAIN_IMAGES, 20_000, warmup=5, steps=30, amp="fp16", channels_last=True,
-            loader_workers=(usable_cores(),), budget_s=450,
+GPU = Sizes("qonstraint_5_9", 256, 512, TRAIN_IMAGES, warmup=5, steps=30, amp="fp16", channels_last=True,
+            loader_workers=(usable_cores(),), time_limit_s=450,
             min_s=dict(train=20, loader=40, compile=150, eval=10, stochastic=20, ddp=60, check=10), check_batch=32)
-CPU = Sizes("tiny", 32, 64, 256, 256, warmup=1, steps=3, amp="off", channels_last=False, loader_workers=(0, min(2, os.cpu_count())),
-            budget_s=60, min_s=dict(train=2, loader=3, compile=60, eval=1, stochastic=2, ddp=10, check=2), check_batch=8)
+CPU = Sizes("tiny", 32, 64, 256, warmup=1, steps=3, amp="off", channels_last=False, loader_workers=(0, min(2, os.cpu_count())),
+            time_limit_s=60, min_s=dict(train=2, loader=3, compile=60, eval=1, stochastic=2, ddp=10, check=2), check_batch=8)
 
 
 def card_peak(name:str) -> dict|None:
@@ -164,49 +165,38 @@ def control_state(stochastic:bool) -> ControlState:
                                mix_prob=1.0 if stochastic else mix_prob_at(ctrl.cfg, 2, conf))
 
 
-def make_trainer(opt:dict, device:torch.device, ddp:bool=False, deterministic:bool=False):
-    "A fresh network of the option's preset and the `Trainer` of its step, set up as the option says, in training mode."
-    seed_everything(0, deterministic)                          # as the training does (cuDNN deterministic, no benchmark mode)
-    model = Qonstraint(network_config(opt["preset"], NUM_CLASSES))
-    model.set_grad_checkpointing(opt["checkpoint"])
+def stand_in_data(images:torch.Tensor, labels:torch.Tensor) -> DataBundle:
+    "A host copy of synthetic images as a dataset bundle (`build_run` takes it instead of TinyImageNet; its splits are the same images)."
+    split = Split(images.cpu().numpy(), labels.cpu().numpy(), [str(c) for c in range(NUM_CLASSES)])
+    return DataBundle("tinyimagenet", split, split, split, split.classes, "bench/gpu.py: synthetic uint8 images")
+
+
+def option_config(opt:dict, device:torch.device, deterministic:bool=False, world:int=1) -> TrainConfig:
+    "The option as a run's `TrainConfig`: the library builds its network, trainer and batches from it, as for a real run."
+    return TrainConfig(preset=opt["preset"], aug=opt.get("aug", "mid"), batch_size=opt.get("batch", 8)*world, amp=opt["amp"],
+                       compile=opt["compile"], checkpoint_stages=opt["checkpoint"], data_on_device=opt.get("data", "device") == "device",
+                       num_workers=opt.get("workers", 0), warmup_epochs=0, device=str(device), deterministic=deterministic, devices=world)
+
+
+def option_run(opt:dict, device:torch.device, data:dict, deterministic:bool=False, world:int=1) -> tuple[TrainingRun, ControlState]:
+    """`qonstraint.parts.build_run`'s parts of a run with the option's settings and layout, in training mode, and the control state
+    its steps take (augmentation phase 2; `stochastic`: every random part at its highest). Its data on the device are the copy made
+    before the option started (not counted in the option's memory)."""
+    tr = build_run(option_config(opt, device, deterministic, world), data["bundle"], channels_last=opt["channels_last"])
+    if opt["compile"] and not tr.compiled: raise QonstraintError(f"torch.compile cannot run here: {compile_unavailable(device)}")
+    if "images" in data: tr.train_on_device = (data["images"], data["labels"])
     s = control_state(opt["kind"] == "stochastic")
-    t = build_trainer(model, device, amp_policy(device, opt["amp"]), lr=s.lr, betas=(0.92, 0.999), weight_decay=5e-5,
-                      grad_clip=1.0, warmup_steps=0, ema_decay=s.ema_decay, channels_last=opt["channels_last"])
-    if ddp: t.forward = wrap_ddp(t.forward, device)
-    if opt["compile"]:
-        t.forward, compiled = compile_forward(t.forward, device)
-        if not compiled: raise QonstraintError(f"torch.compile cannot run here: {compile_unavailable(device)}")
-    t.apply(s)
-    t.forward.train()
-    return t, s
+    tr.trainer.apply(s)
+    tr.trainer.forward.train()
+    return tr, s
 
 
-def device_stream(images:torch.Tensor, labels:torch.Tensor, batch:int, augment:DeviceAugment, mixer:DeviceMix):
-    "The data_on_device path without end: `device_batches` over one shuffle after another, full batches only."
-    n = len(images) - len(images) % batch
-    while True:
-        yield from device_batches(images, labels, torch.randperm(len(images), device=images.device)[:n], batch, augment, mixer)
-
-
-def train_batches(opt:dict, s:ControlState, data:dict, device:torch.device, count:int):
-    "`count` training batches of the option's data path: augmented and mixed on the device, or by a DataLoader's workers."
-    if opt["data"] == "device":
-        return device_stream(data["images"], data["labels"], opt["batch"], DeviceAugment(opt["aug"], s.aug_phase, TINYIMAGENET_MEAN, TINYIMAGENET_STD),
-                             DeviceMix(NUM_CLASSES, p=s.mix_prob))
-    split = data["host"]
-    order = torch.randint(len(split), (count*opt["batch"],), generator=torch.Generator().manual_seed(0)).tolist()
-    return DataLoader(split.dataset(train_transform(opt["aug"], s.aug_phase, TINYIMAGENET_MEAN, TINYIMAGENET_STD)), batch_size=opt["batch"],
-                      sampler=order, num_workers=opt["workers"], collate_fn=MixCollate(NUM_CLASSES, p=s.mix_prob),
-                      pin_memory=device.type == "cuda", **loader_seeding(0))
-
-
-def train_seconds(opt:dict, data:dict, device:torch.device, ddp:bool=False) -> float:
-    "Seconds per training step of the option, timed by `time_steps`; the loss of its last step must be finite."
-    trainer, s = make_trainer(opt, device, ddp)
-    batches = train_batches(opt, s, data, device, opt["warmup"] + opt["steps"])
+def train_seconds(opt:dict, data:dict, device:torch.device, world:int=1) -> float:
+    "Seconds per training step of the option, timed by `time_steps` on the run's own batches; the loss of its last step must be finite."
+    tr, s = option_run(opt, device, data, world=world)
     last = []
-    def step(batch): last[:] = [trainer.train_step(*batch, s)]   # no host read in the window
-    seconds = time_steps(step, batches, opt["steps"], device, opt["warmup"])
+    def step(batch): last[:] = [tr.trainer.train_step(*batch, s)]   # no host read in the window
+    seconds = time_steps(step, train_stream(tr, s), opt["steps"], device, opt["warmup"])
     loss, _, _, nonfinite, _ = last[0].tolist()                  # after the window: loss·B, top-1, top-5 hits, non-finite flag, distillation·B
     if nonfinite or not math.isfinite(loss): raise FloatingPointError(f"the last step's loss is not finite ({loss})")
     return seconds
@@ -288,14 +278,14 @@ def _ddp_worker(rank:int, world:int, port:int, opt:dict, folder:str):
     "One process of the DDP option: its GPU (NCCL; Gloo on the CPU), its share of the batch and of the data; rank 0 writes the slowest rank's numbers."
     cuda = opt["device_type"] == "cuda"
     device = torch.device("cuda", rank) if cuda else torch.device("cpu")
-    if cuda: torch.cuda.set_device(device)
-    else: torch.set_num_threads(1)
-    torch.distributed.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                                         world_size=world, timeout=datetime.timedelta(seconds=120))
-    try:
-        images, labels = synthetic_data(opt["images"]//world, device)
+    if not cuda: torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    try:   # as torchrun sets them: `build_run` joins the process group (NCCL, Gloo on the CPU) and shards the data by rank
+        images, labels = synthetic_data(opt["images"], device)
+        data = dict(images=images, labels=labels, bundle=stand_in_data(images, labels)) if opt["data"] == "device" else \
+               dict(bundle=stand_in_data(images, labels))
         memory = memory_window(device)
-        seconds = train_seconds(dict(opt, batch=opt["batch"]//world), dict(images=images, labels=labels), device, ddp=True)
+        seconds = train_seconds(dict(opt, batch=opt["batch"]//world), data, device, world=world)
         t = torch.tensor([seconds, memory()[1] or 0.0], device=device)
         torch.distributed.all_reduce(t, torch.distributed.ReduceOp.MAX)
         if rank == 0: Path(folder, "ddp.json").write_text(json.dumps(dict(seconds_per_step=t[0].item(), step_peak_mib=t[1].item())))
@@ -312,7 +302,7 @@ def measure_ddp(opt:dict, ctx:dict) -> dict:
         while not procs.join(timeout=5):
             if time.perf_counter() > stop:
                 for p in procs.processes: p.kill()
-                raise TimeoutError(f"the {world} DDP processes ran past the time budget and were stopped")
+                raise TimeoutError(f"the {world} DDP processes ran past the time limit and were stopped")
         r = json.loads(Path(folder, "ddp.json").read_text())
     base = ctx["rows"].get("base", {}).get("images_per_s")
     out = dict(world=world, seconds_per_step=r["seconds_per_step"], peak_mib=None,
@@ -331,7 +321,7 @@ def options(sizes:Sizes, device:torch.device, allow_compile:bool, ddp_world:int)
     cuda = device.type == "cuda"
     base = dict(kind="train", group="main", preset=sizes.preset, batch=sizes.batch, amp=sizes.amp, channels_last=sizes.channels_last,
                 data="device", workers=0, checkpoint=False, compile=False, aug="mid", warmup=sizes.warmup, steps=sizes.steps)
-    loader = lambda w: dict(data="loader", workers=w, warmup=sizes.warmup + w*PREFETCH, budget="loader")
+    loader = lambda w: dict(data="loader", workers=w, warmup=sizes.warmup + w*PREFETCH, limit="loader")
     opts = [dict(base, name="base")]
     if cuda:
         opts.append(dict(base, name="bf16", amp="bf16"))
@@ -347,7 +337,7 @@ def options(sizes:Sizes, device:torch.device, allow_compile:bool, ddp_world:int)
     opts.append(dict(base, name="stochastic, DataLoader", **few | loader(sizes.loader_workers[-1]) | dict(warmup=1)))
     opts.append(dict(base, name="DDP" + (f", {ddp_world} {'GPUs' if cuda else 'Gloo processes'}" if ddp_world > 1 else ""), kind="ddp", group="main",
                      images=sizes.images, device_type=device.type))
-    opts.append(dict(base, name="compile", compile=True, budget="compile"))
+    opts.append(dict(base, name="compile", compile=True, limit="compile"))
     batches = paper_batches()
     opts += [dict(base, name=f"{p} at batch {batches[p][0]}", group="presets", preset=p, batch=batches[p][0], batch_source=batches[p][1])
              for p in ("qonstraint_5_5", "qonstraint_5_6", "lighter", "heavier", "heaviest")]
@@ -366,18 +356,18 @@ def options(sizes:Sizes, device:torch.device, allow_compile:bool, ddp_world:int)
 SETTINGS = ("kind", "group", "preset", "batch", "amp", "channels_last", "data", "workers", "checkpoint", "compile", "aug", "warmup", "steps")
 
 def option_need(opt:dict, ctx:dict) -> float:
-    """Seconds an option needs left in the budget to be started: its kind's `min_s`. Compile's is decided before it starts,
+    """Seconds an option needs left in the time limit to be started: its kind's `min_s`. Compile's is decided before it starts,
     since a compilation under way cannot be stopped: `min_s["compile"]` (the compilation of forward and backward with cold
     caches: 150 s on a GPU, an estimate) plus its warm-up and timed steps at the base option's measured eager step time."""
-    need = ctx["sizes"].min_s[opt.get("budget", opt["kind"])]
+    need = ctx["sizes"].min_s[opt.get("limit", opt["kind"])]
     eager = ctx["rows"].get("base", {}).get("seconds_per_step")
     return need + (opt["warmup"] + opt["steps"])*eager if opt["compile"] and eager else need
 
 
-def budget_skip(opt:dict, ctx:dict) -> str|None:
-    "Why the time budget leaves no time for the option (the reason starts with 'time budget'), or None if it can start."
+def time_limit_skip(opt:dict, ctx:dict) -> str|None:
+    "Why the time limit leaves no time for the option (the reason starts with 'time limit'), or None if it can start."
     need, left = option_need(opt, ctx), ctx["deadline"] - time.perf_counter()
-    return f"time budget: {max(0, left):.0f} s left, the option needs about {need:.0f} s" if left < need else None
+    return f"time limit: {max(0, left):.0f} s left, the option needs about {need:.0f} s" if left < need else None
 
 
 def error_text(e:BaseException) -> str: return f"{type(e).__name__}: {' '.join(str(e).split())}"[:400]
@@ -387,7 +377,7 @@ def run_option(opt:dict, ctx:dict) -> dict:
     "One option's row: its measurements, or its error (`Type: message`), or why it was skipped; memory freed before and after."
     row = dict(name=opt["name"], **{k: opt[k] for k in SETTINGS}) | ({"batch_source": opt["batch_source"]} if "batch_source" in opt else {})
     if "skip" in opt: return row | dict(status="skipped", reason=opt["skip"])
-    if why := budget_skip(opt, ctx): return row | dict(status="skipped", reason=why)
+    if why := time_limit_skip(opt, ctx): return row | dict(status="skipped", reason=why)
     row["need_s"] = round(option_need(opt, ctx), 1)   # beside its wall_s: how good the estimate was
     free(ctx["device"], opt["compile"])
     start = time.perf_counter()
@@ -407,11 +397,14 @@ def free(device:torch.device, compiled:bool=False):
 
 
 # The checks: what only a run on the device shows, a few steps each on one fixed batch of `Sizes.check_batch` images. They run
-# before the options: they take seconds, and a first run on a GPU must report them even if the options overrun the budget.
+# before the options: they take seconds, and a first run on a GPU must report them even if the options overrun the time limit.
 
-def check_opt(ctx:dict, amp:str) -> dict:
-    "What `make_trainer` reads, for a check's trainer: the run's preset and layout, autocast `amp`, eager, no checkpointing."
-    return dict(kind="train", preset=ctx["sizes"].preset, channels_last=ctx["sizes"].channels_last, amp=amp, checkpoint=False, compile=False)
+def check_trainer(ctx:dict, amp:str, deterministic:bool=False):
+    "A check's trainer (`option_run`'s) and control state: the run's preset and layout at the checks' batch, autocast `amp`, eager."
+    opt = dict(kind="train", preset=ctx["sizes"].preset, batch=ctx["sizes"].check_batch, channels_last=ctx["sizes"].channels_last,
+               amp=amp, checkpoint=False, compile=False)
+    tr, s = option_run(opt, ctx["device"], ctx["check_data"], deterministic)
+    return tr.trainer, s
 
 
 def amp_missing(device:torch.device, amp:str) -> str|None:
@@ -433,7 +426,7 @@ def check_sync_debug(ctx:dict, amp:str) -> dict:
     device = ctx["device"]
     if device.type != "cuda": return dict(status="skipped", detail="no CUDA")
     if why := amp_missing(device, amp): return dict(status="skipped", detail=why)
-    t, s = make_trainer(check_opt(ctx, amp), device)
+    t, s = check_trainer(ctx, amp)
     t.train_step(*ctx["batch"], s)                                   # the first step's lazy set-up (AdamW's state, the scale) apart
     torch.cuda.synchronize(device)
     torch.cuda.set_sync_debug_mode("error")
@@ -448,7 +441,7 @@ def check_nonfinite(ctx:dict, amp:str, value:float) -> dict:
     """After a normal step, a step whose gradient is not finite (a hook sets one parameter's to `value`): every weight must be
     unchanged, a loss-scaling scaler's scale lowered, an unscaled one's left as it was."""
     if why := amp_missing(ctx["device"], amp): return dict(status="skipped", detail=why)
-    t, s = make_trainer(check_opt(ctx, amp), ctx["device"])
+    t, s = check_trainer(ctx, amp)
     t.train_step(*ctx["batch"], s)                                   # AdamW's state exists: the skipped step must not touch it either
     before, scale = weights(t), t.scaler.get_scale()
     hook = t.params[0].register_hook(lambda g: torch.full_like(g, value))
@@ -478,12 +471,12 @@ def check_resume(ctx:dict, was:str, now:str) -> dict:
     without clipping, so that the gradients left after the step are those the optimizer used: 65,536 × too large if the scale came over)."""
     device = ctx["device"]
     if why := amp_missing(device, was) or amp_missing(device, now): return dict(status="skipped", detail=why)
-    old, s = make_trainer(check_opt(ctx, was), device)
+    old, s = check_trainer(ctx, was)
     old.train_step(*ctx["batch"], s)
     ck = dict(amp=old.amp.mode, scaler=old.scaler.state_dict(), epoch=1)    # what `qonstraint.train.save` records of them
     said, scales, norms = [], [], []
     for restored in (True, False):                                           # the resumed trainer, then a fresh one
-        t, s = make_trainer(check_opt(ctx, now), device)
+        t, s = check_trainer(ctx, now)
         t.grad_clip = math.inf
         if restored: said = restore_into(t, ck)
         scales.append(t.scaler.get_scale())
@@ -504,7 +497,7 @@ def check_bitwise(ctx:dict, deterministic:bool) -> dict:
     try:
         with deterministic_kernels_explained():
             for _ in range(2):
-                t, s = make_trainer(check_opt(ctx, ctx["sizes"].amp), ctx["device"], deterministic=deterministic)
+                t, s = check_trainer(ctx, ctx["sizes"].amp, deterministic)
                 for _ in range(2): t.train_step(*ctx["batch"], s)
                 runs.append(weights(t))
     except QonstraintError as e: return dict(status="reported", detail=f"did not run: {' '.join(str(e).split())}"[:300])
@@ -518,13 +511,13 @@ def check_bitwise(ctx:dict, deterministic:bool) -> dict:
                 numbers=dict(equal=not differ, differing_tensors=differ, tensors=len(runs[0]), max_abs_diff=diff))
 
 
-def check_compile_budget(ctx:dict, opts:list[dict]) -> dict:
-    """The compile option's budget decision, made before it compiles: skipped ('time budget…') with half the time it needs left,
+def check_compile_limit(ctx:dict, opts:list[dict]) -> dict:
+    """The compile option's time-limit decision, made before it compiles: skipped ('time limit…') with half the time it needs left,
     started with twice; a measured eager step (a stand-in of 1 s here) must raise what it needs."""
     opt, eager = next(o for o in opts if o["compile"]), ctx | dict(rows={"base": dict(seconds_per_step=1.0)})
     need, with_step, now = option_need(opt, ctx), option_need(opt, eager), time.perf_counter()
-    short, enough = (budget_skip(opt, eager | dict(deadline=now + f*with_step)) for f in (0.5, 2))
-    ok = (short or "").startswith("time budget") and enough is None and with_step > need
+    short, enough = (time_limit_skip(opt, eager | dict(deadline=now + f*with_step)) for f in (0.5, 2))
+    ok = (short or "").startswith("time limit") and enough is None and with_step > need
     return dict(status="ok" if ok else "failed",
                 detail=f"needs {need:.0f} s, {with_step:.0f} s after a 1 s eager step; with {with_step/2:.0f} s left: "
                        f"{short or 'started'}; with {2*with_step:.0f} s left: {enough or 'started'}",
@@ -537,13 +530,13 @@ def checks(ctx:dict, opts:list[dict]) -> list[tuple]:
             ("fp16: inf gradient", partial(check_nonfinite, ctx, "fp16", math.inf)),
             ("bf16: NaN gradient", partial(check_nonfinite, ctx, "bf16", math.nan)),
             ("resume fp16 -> bf16", partial(check_resume, ctx, "fp16", "bf16")), ("resume bf16 -> fp16", partial(check_resume, ctx, "bf16", "fp16")),
-            ("compile stopped on budget", partial(check_compile_budget, ctx, opts)),
+            ("compile stopped by the time limit", partial(check_compile_limit, ctx, opts)),
             ("bitwise, 2 runs", partial(check_bitwise, ctx, False)), ("bitwise, deterministic", partial(check_bitwise, ctx, True))]
 
 
 def run_check(name:str, check, ctx:dict) -> dict:
     "One check's row: name, status (ok, failed, skipped, reported), detail or error, numbers, wall_s; an exception is a failure."
-    if why := budget_skip(dict(kind="check", compile=False), ctx): return dict(name=name, status="skipped", detail=why)
+    if why := time_limit_skip(dict(kind="check", compile=False), ctx): return dict(name=name, status="skipped", detail=why)
     start = time.perf_counter()
     try: row = check()
     except Exception as e: row = dict(status="failed", error=error_text(e), detail=f"at {innermost(e)}")
@@ -598,7 +591,7 @@ def print_report(r:dict):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, help="the JSON result file (default bench/results/<gpu>-<date>.json)")
-    p.add_argument("--budget-s", type=float, help=f"stop starting options this many seconds after the start (GPU {GPU.budget_s:.0f}, CPU {CPU.budget_s:.0f})")
+    p.add_argument("--time-limit-s", type=float, help=f"stop starting options this many seconds after the start (GPU {GPU.time_limit_s:.0f}, CPU {CPU.time_limit_s:.0f})")
     p.add_argument("--cpu", action="store_true", help="the CPU-sized version even on a GPU machine")
     p.add_argument("--compile", action="store_true", help="on the CPU, measure compile too (minutes)")
     p.add_argument("--ddp-cpu", type=int, default=0, metavar="N",
@@ -611,14 +604,15 @@ def main():
     if device.type == "mps": device = torch.device("cpu")
     sizes = GPU if device.type == "cuda" else CPU
     if device.type == "cpu": torch.set_num_threads(1)   # as bench/run.py: a check that the paths run, steady on a busy machine
-    budget = a.budget_s if a.budget_s is not None else sizes.budget_s
+    limit = a.time_limit_s if a.time_limit_s is not None else sizes.time_limit_s
     m = machine(device)
     peak = card_peak(m["gpu"]) if device.type == "cuda" else None
     images, labels = synthetic_data(sizes.images, device)
-    host = Split(images[:sizes.loader_images].cpu().numpy(), labels[:sizes.loader_images].cpu().numpy(), [str(c) for c in range(NUM_CLASSES)])
+    bundle = stand_in_data(images, labels)                                                         # the host copy, for the DataLoader
     ddp_world = torch.cuda.device_count() if device.type == "cuda" else a.ddp_cpu
-    ctx = dict(device=device, sizes=sizes, peak=peak, deadline=T0 + budget, rows={}, ddp_world=ddp_world,
-               data=dict(images=images, labels=labels, host=host))
+    ctx = dict(device=device, sizes=sizes, peak=peak, deadline=T0 + limit, rows={}, ddp_world=ddp_world,
+               data=dict(images=images, labels=labels, bundle=bundle),
+               check_data=dict(bundle=stand_in_data(images[:sizes.check_batch], labels[:sizes.check_batch])))
     ctx["batch"] = (normaliser(device)(images[:sizes.check_batch]).contiguous(),                  # the checks' one batch
                     torch.nn.functional.one_hot(labels[:sizes.check_batch], NUM_CLASSES).float())
     del images, labels
@@ -628,7 +622,7 @@ def main():
     rows = []
     for opt in opts:
         ddp = opt["kind"] == "ddp" and "skip" not in opt
-        if ddp: ctx["data"] = dict(host=host); free(device)             # the GPUs to the DDP processes, whole
+        if ddp: ctx["data"] = dict(bundle=bundle); free(device)             # the GPUs to the DDP processes, whole
         rows.append(run_option(opt, ctx))
         ctx["rows"][opt["name"]] = rows[-1]
         if ddp: ctx["data"] |= dict(zip(("images", "labels"), synthetic_data(sizes.images, device)))
@@ -636,10 +630,11 @@ def main():
     out = a.out or RESULTS/f"{re.sub(r'[^a-z0-9]+', '-', m['gpu'].lower()).strip('-') if device.type == 'cuda' else 'cpu'}-{datetime.date.today()}.json"
     r = dict(benchmark="bench/gpu.py", mode="cuda" if device.type == "cuda" else "cpu", machine=m, peak=peak,
              settings=dict(mode="GPU" if device.type == "cuda" else "CPU", preset=sizes.preset, batch=sizes.batch, eval_batch=sizes.eval_batch,
-                           synthetic_images=sizes.images, loader_images=sizes.loader_images,
-                           loader_note="the DataLoader draws its batches from a host copy of the first loader_images synthetic images", warmup_steps=sizes.warmup, timed_steps=sizes.steps,
+                           synthetic_images=sizes.images, warmup_steps=sizes.warmup, timed_steps=sizes.steps,
+                           trainer="qonstraint.parts.build_run of the option's TrainConfig; batches: qonstraint.parts.train_stream "
+                                   "(data_on_device: the device copy of the images; the DataLoader: a host copy of them)",
                            loader_warmup="warmup_steps + workers × prefetch_factor 2 (the workers' start-up and first batches)",
-                           stochastic_steps="1 warm-up + 3 timed", budget_s=budget, epochs=EPOCHS, check_batch=sizes.check_batch,
+                           stochastic_steps="1 warm-up + 3 timed", time_limit_s=limit, epochs=EPOCHS, check_batch=sizes.check_batch,
                            train_flops_per_image="6 × count_macs (forward 2 FLOPs per MAC, backward 2 × forward)",
                            eval_flops_per_image="2 × count_macs", memory="CUDA: max_memory_allocated during the option less the "
                            "allocation before it (the synthetic data); the estimate: estimate_memory(swa=False).total; CPU: not measured",

@@ -1,10 +1,11 @@
 """What a benchmark ran on: the one description that bench/run.py, bench/gpu.py and bench/data.py record."""
 from __future__ import annotations
-import datetime, os, platform, subprocess
+import datetime, json, os, platform, re, subprocess
+from pathlib import Path
 
 import torch
 
-from qonstraint.data import usable_cores
+from qonstraint.decode import usable_cores
 
 
 def cpu_name() -> str:
@@ -31,3 +32,21 @@ def machine(device:torch.device|None=None) -> dict:  # None: the first GPU if th
         m |= dict(gpu=p.name, gpu_count=torch.cuda.device_count(), capability=f"sm_{p.major}{p.minor}",
                   gpu_memory_gib=round(p.total_memory/2**30, 1), driver=driver_version())
     return m
+
+
+RESULTS = Path(__file__).resolve().parent/"results"   # every benchmark's JSON, rendered into bench/RESULTS.md by report.py
+
+
+def machine_slug(m:dict) -> str:
+    "A file-name word for the machine: the GPU's name (`nvidia-tesla-t4`), else the CPU's cores (`cpu-2cores`)."
+    if m["gpu"] != "none": return re.sub(r"[^a-z0-9]+", "-", m["gpu"].lower()).strip("-")
+    return f"cpu-{m['cores']}cores"
+
+
+def write_result(benchmark:str, r:dict, out:Path|None=None, size:str|None=None) -> Path:
+    "Write `r` (with its `machine`) to `out` (default: results/<benchmark>-<machine>[-<size>]-<date>.json)."
+    name = "-".join(filter(None, (benchmark, machine_slug(r["machine"]), size, r["machine"]["date"][:10])))
+    out = out or RESULTS/f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dict(benchmark=f"bench/{benchmark}.py") | r, indent=2) + "\n")
+    return out

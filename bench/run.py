@@ -3,6 +3,7 @@
     python bench/run.py          # a few minutes on 2 CPU cores
     python bench/run.py --full   # larger batches and more repeats
 
+Writes bench/results/run-<machine>[-full]-<date>.json (--out to choose; bench/report.py renders it into bench/RESULTS.md).
 Prints a table, the machine it ran on, and as its last line one JSON object of the headline numbers:
 aug_per_sample_img_s, aug_batched_img_s, aug_speedup, loop_overhead (the median ratio of 60 alternated single steps),
 epoch_loader_s, epoch_batched_s, epoch_bare_s, data_path_speedup (torch's default threads, as `fit` runs), host_syncs_per_step, compile_speedup
@@ -10,7 +11,8 @@ epoch_loader_s, epoch_batched_s, epoch_bare_s, data_path_speedup (torch's defaul
 the projection of a TinyImageNet epoch on Kaggle's GPUs (a projection from the model's MACs, not a measurement).
 """
 from __future__ import annotations
-import argparse, json, statistics, time, warnings
+import argparse, json, os, statistics, time, warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +30,7 @@ from qonstraint.baselines import network_config
 from qonstraint.step import build_trainer, compile_forward, compile_unavailable, ddp_grad_check
 from qonstraint.testing import count_host_syncs
 
-from machine import machine                         # bench/machine.py
+from machine import machine, write_result           # bench/machine.py
 
 TRAIN_IMAGES, VAL_IMAGES = 80_000, 20_000        # TinyImageNet with the paper's 80/20 split of the official train set
 GPUS = {  # peak dense throughput, TFLOP/s (vendor data sheets)
@@ -164,25 +166,8 @@ def projection() -> dict:
     return dict(macs_5_9=macs, epoch_tflop=flops/1e12, paper_p100_utilisation=implied, projected_epoch_s=rows)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--full", action="store_true", help="larger batches and more repeats")
-    full = p.parse_args().full
-    threads = torch.get_num_threads()   # torch's default here, as `fit` runs
-    torch.set_num_threads(1)            # one CPU thread for every side of every other ratio
-    warnings.filterwarnings("ignore")
-    r, t0 = {}, time.time()
-    r |= bench_augmentation(256, 7 if full else 3)
-    r |= bench_loop(64, 100 if full else 60)
-    r["loop_overhead_b32"] = bench_loop(32, 100 if full else 60)["loop_overhead"]
-    r |= bench_data_paths(64, 5 if full else 3, threads)
-    r |= bench_compile(64 if full else 32, 10 if full else 5)
-    r["ddp_grad_max_rel_diff"] = ddp_grad_check(world=2)
-    r["mem_est_5_9_b256_gb"] = estimate_memory("qonstraint_5_9", 256).total/2**30
-    r["mem_est_5_9_b256_checkpointed_gb"] = estimate_memory("qonstraint_5_9", 256, checkpoint_stages=True).total/2**30
-    r |= projection()
-    r["machine"], r["seconds"] = machine(), round(time.time() - t0, 1)
-
+def summary_rows(r:dict) -> list[tuple[str, str, str]]:
+    "The table of a result: (benchmark, result, what it is), the projection rows last; bench/report.py renders it too."
     rows = [("augmentation, per sample (torchvision loop)", f"{r['aug_per_sample_img_s']:.0f} img/s", "MID phase 2 + CutMix/MixUp, batch 256, 1 thread"),
             ("augmentation, batched (data_on_device path)", f"{r['aug_batched_img_s']:.0f} img/s", f"speed-up {r['aug_speedup']:.2f}x (target >= 2)"),
             ("fit step / bare loop, batch 64", f"{r['loop_overhead']:.3f}", f"{r['fit_step_ms']:.1f} vs {r['bare_step_ms']:.1f} ms, tiny (target <= 1.05)"),
@@ -200,12 +185,40 @@ def main():
             ("DDP vs 1 process, gradients", f"{r['ddp_grad_max_rel_diff']:.1e}", "max relative difference, 2 Gloo processes (target <= 1e-5)"),
             ("memory estimate, 5.9 at batch 256", f"{r['mem_est_5_9_b256_gb']:.2f} GiB", f"{r['mem_est_5_9_b256_checkpointed_gb']:.2f} GiB with checkpoint_stages")]
     rows += [(f"PROJECTION: epoch on {k}", f"{v:.0f} s", "from MACs, not measured") for k, v in r["projected_epoch_s"].items()]
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--full", action="store_true", help="larger batches and more repeats")
+    p.add_argument("--out", type=Path, help="the JSON result file (default bench/results/run-<machine>[-full]-<date>.json)")
+    args = p.parse_args()
+    full = args.full
+    threads = torch.get_num_threads()   # torch's default here, as `fit` runs
+    torch.set_num_threads(1)            # one CPU thread for every side of every other ratio
+    warnings.filterwarnings("ignore")
+    r, t0, load0 = {}, time.time(), os.getloadavg()[0]   # the load average: how busy the machine was
+    r |= bench_augmentation(256, 7 if full else 3)
+    r |= bench_loop(64, 100 if full else 60)
+    r["loop_overhead_b32"] = bench_loop(32, 100 if full else 60)["loop_overhead"]
+    r |= bench_data_paths(64, 5 if full else 3, threads)
+    r |= bench_compile(64 if full else 32, 10 if full else 5)
+    r["ddp_grad_max_rel_diff"] = ddp_grad_check(world=2)
+    r["mem_est_5_9_b256_gb"] = estimate_memory("qonstraint_5_9", 256).total/2**30
+    r["mem_est_5_9_b256_checkpointed_gb"] = estimate_memory("qonstraint_5_9", 256, checkpoint_stages=True).total/2**30
+    r |= projection()
+    r["machine"] = machine() | dict(load_avg_start=round(load0, 2), load_avg_end=round(os.getloadavg()[0], 2))
+    r["seconds"] = round(time.time() - t0, 1)
+
+    rows = summary_rows(r)
     w = max(len(a) for a, _, _ in rows)
     print(f"machine: {r['machine']['cpu']}, {r['machine']['cores']} cores, GPU {r['machine']['gpu']}, "
-          f"Python {r['machine']['python']}, torch {r['machine']['torch']}; {r['seconds']} s")
+          f"Python {r['machine']['python']}, torch {r['machine']['torch']}; {r['seconds']} s; load average "
+          f"{r['machine']['load_avg_start']} at the start, {r['machine']['load_avg_end']} at the end")
     print(f"5.9: {r['macs_5_9']/1e9:.2f} GMAC per image; an epoch is {r['epoch_tflop']:.0f} TFLOP; the paper's 333 s on a P100 "
           f"is {r['paper_p100_utilisation']:.0%} of its fp32 peak")
     for a, b, c in rows: print(f"{a:<{w}}  {b:>12}  {c}")
+    print(f"wrote {write_result('run', r | dict(full=full), args.out, 'full' if full else None)}")
     print(json.dumps(r))
 
 

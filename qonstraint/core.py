@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb 2
 from __future__ import annotations
-import contextlib, errno, os, random, shutil, tempfile, warnings
+import contextlib, errno, json, os, random, shutil, tempfile, warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,11 +12,12 @@ import numpy as np
 import torch
 
 # %% auto 0
-__all__ = ['P100_FIX', 'AMP_MODES', 'UNSCALED_GROWTH', 'KAGGLE_ROOT', 'SHIPPED_DIR', 'QonstraintError', 'check_choice',
-           'seed_everything', 'deterministic_kernels_explained', 'seed_worker', 'loader_seeding', 'get_rng_state',
-           'set_rng_state', 'set_cuda_rng_states', 'arch_supported', 'cuda_arch_error', 'check_cuda_arch', 'get_device',
-           'AmpPolicy', 'amp_policy', 'on_kaggle', 'work_dir', 'cache_dir', 'checkout_dir', 'project_dir',
-           'package_dir', 'shipped', 'free_bytes', 'WriteError', 'writing', 'atomic_write', 'atomic_write_bytes']
+__all__ = ['P100_FIX', 'AMP_MODES', 'UNSCALED_GROWTH', 'KAGGLE_ROOT', 'TINY_DIR', 'SHIPPED_DIR', 'QonstraintError',
+           'check_choice', 'parse_fields', 'seed_everything', 'deterministic_kernels_explained', 'seed_worker',
+           'loader_seeding', 'get_rng_state', 'set_rng_state', 'set_cuda_rng_states', 'arch_supported',
+           'cuda_arch_error', 'check_cuda_arch', 'get_device', 'AmpPolicy', 'amp_policy', 'on_kaggle', 'work_dir',
+           'cache_dir', 'checkout_dir', 'project_dir', 'package_dir', 'shipped', 'free_bytes', 'WriteError', 'writing',
+           'atomic_write', 'atomic_write_bytes']
 
 # %% ../nbs/00_core.ipynb 5
 class QonstraintError(Exception):
@@ -32,6 +33,22 @@ def check_choice(what:str,    # what is being chosen, e.g. "head"
     return value
 
 # %% ../nbs/00_core.ipynb 10
+def parse_fields(settings:list[str],  # "field=value" strings
+                 names,               # the valid field names
+                 what:str="a field"   # what a name must be, for the error
+                ) -> dict:
+    ("`field=value` strings as a dict of fields; a `QonstraintError` names a setting that is not one of `names`, and "
+     "lists them.")
+    out = {}
+    for setting in settings:
+        k, eq, v = setting.partition("=")
+        if not eq or k not in names:
+            raise QonstraintError(f"{setting!r} is not field=value with {what}; fields: {', '.join(sorted(names))}")
+        try: out[k] = json.loads(v)
+        except json.JSONDecodeError: out[k] = v
+    return out
+
+# %% ../nbs/00_core.ipynb 13
 def seed_everything(seed:int,                 # one seed for Python, NumPy, torch and CUDA
                     deterministic:bool=False): # bitwise-repeatable GPU runs: only deterministic kernels (slower)
     "Seed Python's `random`, NumPy, torch and every CUDA device; cuDNN picks deterministic convolutions, no autotuning."
@@ -39,18 +56,21 @@ def seed_everything(seed:int,                 # one seed for Python, NumPy, torc
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # seeds the CPU and every CUDA generator
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    if deterministic: os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # cuBLAS's condition for repeatable matmuls
+    # cuBLAS's condition for repeatable matmuls
+    if deterministic: os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(deterministic)
 
 @contextlib.contextmanager
 def deterministic_kernels_explained():
-    "Turn PyTorch's error for a kernel with no deterministic version (under `deterministic=True`) into one with the fix."
+    ("Turn PyTorch's error for a kernel with no deterministic version (under `deterministic=True`) into one with the "
+     "fix.")
     try: yield
     except RuntimeError as e:
         if "does not have a deterministic implementation" not in str(e): raise
         op = str(e).split()[0]
         raise QonstraintError(f"deterministic=True, but {op} has no deterministic kernel on this device (PyTorch: "
-                              f"{str(e)[:160]}…). Fix: deterministic=False (the run is then repeatable up to such kernels: "
+                              f"{str(e)[:160]}…). Fix: deterministic=False (the run is then repeatable up to such "
+                              "kernels: "
                               "exactly on the CPU, to rounding on a GPU), or train this run on the CPU.") from e
 
 def seed_worker(worker_id:int):
@@ -63,7 +83,7 @@ def loader_seeding(seed:int) -> dict:
     "`generator` and `worker_init_fn` keyword arguments that make a DataLoader deterministic."
     return dict(generator=torch.Generator().manual_seed(seed), worker_init_fn=seed_worker)
 
-# %% ../nbs/00_core.ipynb 15
+# %% ../nbs/00_core.ipynb 18
 def get_rng_state() -> dict:
     "The state of Python's, NumPy's, torch's and CUDA's generators, as `weights_only`-loadable values."
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -82,12 +102,13 @@ def set_cuda_rng_states(states:list):
     "Restore saved CUDA generator states onto the GPUs this machine has, with a warning when the counts differ."
     have = torch.cuda.device_count()
     if len(states) != have:
-        warnings.warn(f"the checkpoint holds the random state of {len(states)} CUDA GPU(s) and this machine has {have}: "
+        warnings.warn(f"the checkpoint holds the random state of {len(states)} CUDA GPU(s) and this machine has "
+                      f"{have}: "
                       f"{min(len(states), have)} restored, the others keep the run's seed. Resuming on another machine "
                       "continues the run, not bit for bit.", stacklevel=3)
     for i, s in enumerate(states[:have]): torch.cuda.set_rng_state(s, i)
 
-# %% ../nbs/00_core.ipynb 18
+# %% ../nbs/00_core.ipynb 21
 def _cc(arch:str) -> tuple[int, int]:
     "'sm_86' -> (8, 6); 'sm_100' -> (10, 0)"
     digits = arch.split("_")[1].rstrip("af")
@@ -98,11 +119,13 @@ def arch_supported(capability:tuple[int, int], # the GPU's (major, minor), from 
     "Does a PyTorch build compiled for `arch_list` have kernels for a GPU of `capability`?"
     sass = [_cc(a) for a in arch_list if a.startswith("sm_")]
     ptx = [_cc(a) for a in arch_list if a.startswith("compute_")]
-    return any(a[0] == capability[0] and a[1] <= capability[1] for a in sass) or any(a <= tuple(capability) for a in ptx)
+    return (any(a[0] == capability[0] and a[1] <= capability[1] for a in sass)
+            or any(a <= tuple(capability) for a in ptx))
 
-# %% ../nbs/00_core.ipynb 20
+# %% ../nbs/00_core.ipynb 23
 P100_FIX = ("On Kaggle, choose Settings > Accelerator > 'GPU T4 x2' (T4 is sm_75). To keep the P100, install the "
-            "last PyTorch line with Pascal kernels, the CUDA 12.6 build: pip install 'torch==2.14.*' 'torchvision==0.29.*' "
+            "last PyTorch line with Pascal kernels, the CUDA 12.6 build: pip install 'torch==2.14.*' "
+            "'torchvision==0.29.*' "
             "--index-url https://download.pytorch.org/whl/cu126")
 
 def cuda_arch_error(name:str, capability:tuple[int, int], arch_list:list[str]) -> QonstraintError:
@@ -116,13 +139,15 @@ def check_cuda_arch(device:torch.device):
     cap, archs = torch.cuda.get_device_capability(device), torch.cuda.get_arch_list()
     if not arch_supported(cap, archs): raise cuda_arch_error(torch.cuda.get_device_name(device), cap, archs)
 
-# %% ../nbs/00_core.ipynb 22
+# %% ../nbs/00_core.ipynb 25
 def get_device(device:str="auto") -> torch.device:
-    "`auto`: CUDA, else MPS, else CPU. A named device that is missing, or unsupported by this PyTorch build, is an error."
+    ("`auto`: CUDA, else MPS, else CPU. A named device that is missing, or unsupported by this PyTorch build, is an "
+     "error.")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     try: dev = torch.device(device)
-    except RuntimeError: raise QonstraintError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    except RuntimeError:
+        raise QonstraintError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise QonstraintError(f"device {device!r} asked for, but PyTorch sees no CUDA GPU. On Kaggle turn on an "
@@ -132,7 +157,7 @@ def get_device(device:str="auto") -> torch.device:
         raise QonstraintError("device 'mps' asked for, but this machine has no Apple GPU; pass device='cpu'.")
     return dev
 
-# %% ../nbs/00_core.ipynb 26
+# %% ../nbs/00_core.ipynb 29
 AMP_MODES = ("auto", "fp16", "bf16", "off")
 UNSCALED_GROWTH = 2**31 - 1   # the growth interval of a scaler that never scales (bf16, fp32): in effect never
 
@@ -146,7 +171,8 @@ class AmpPolicy:
     def enabled(self) -> bool: return self.dtype is not None
     @property
     def mode(self) -> str:
-        "'off', 'bf16', 'fp16' or 'fp16+scaling': what a checkpoint records, since a scaler's state fits only its own mode."
+        ("'off', 'bf16', 'fp16' or 'fp16+scaling': what a checkpoint records, since a scaler's state fits only its "
+         "own mode.")
         if not self.enabled: return "off"
         return {torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype] + ("+scaling" if self.scaler else "")
     def autocast(self, device_type:str): return torch.autocast(device_type, dtype=self.dtype, enabled=self.enabled)
@@ -169,9 +195,10 @@ def amp_policy(device:torch.device|str,  # the training device
         raise QonstraintError(f"amp='bf16' asked for, but this GPU (sm_{capability[0]}{capability[1]}) has no fast "
                               "bfloat16; use amp='fp16' (or 'auto').")
     if mode == "off": return AmpPolicy(None, False)
-    return AmpPolicy(torch.bfloat16, False) if mode == "bf16" else AmpPolicy(torch.float16, True)   # fp16 always scales its loss
+    # fp16 always scales its loss
+    return AmpPolicy(torch.bfloat16, False) if mode == "bf16" else AmpPolicy(torch.float16, True)
 
-# %% ../nbs/00_core.ipynb 30
+# %% ../nbs/00_core.ipynb 33
 KAGGLE_ROOT = Path("/kaggle")
 
 def on_kaggle(root:Path=KAGGLE_ROOT) -> bool:
@@ -183,12 +210,16 @@ def work_dir(root:Path=KAGGLE_ROOT) -> Path:
     return Path(root)/"working" if on_kaggle(root) else Path.cwd()
 
 def cache_dir(root:Path=KAGGLE_ROOT) -> Path:
-    "Where decoded datasets are cached: `$QONSTRAINT_CACHE`, else `/tmp/qonstraint` on Kaggle, else `~/.cache/qonstraint`."
+    ("Where decoded datasets are cached: `$QONSTRAINT_CACHE`, else `/tmp/qonstraint` on Kaggle, else "
+     "`~/.cache/qonstraint`.")
     if os.environ.get("QONSTRAINT_CACHE"): return Path(os.environ["QONSTRAINT_CACHE"])
     if on_kaggle(root): return Path(tempfile.gettempdir())/"qonstraint"
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home()/".cache"))/"qonstraint"
 
-# %% ../nbs/00_core.ipynb 34
+# %% ../nbs/00_core.ipynb 36
+TINY_DIR = "tiny-imagenet-200"   # TinyImageNet's folder name, in the official zip and on Kaggle (testing, tinyimagenet)
+
+# %% ../nbs/00_core.ipynb 38
 SHIPPED_DIR = "_shipped"   # the folder inside the installed package that holds the checkout's shipped files
 
 def checkout_dir(start:Path|str=".") -> Path|None:
@@ -207,15 +238,17 @@ def package_dir() -> Path:
     return Path(qonstraint.__file__).parent
 
 def shipped(path:str) -> Path:
-    "A checkout file that travels in the wheel (settings.ini `shipped_files`), by its path in the checkout: the checkout's own, else the wheel's."
+    ("A checkout file that travels in the wheel (settings.ini `shipped_files`), by its path in the checkout: the "
+     "checkout's own, else the wheel's.")
     pkg = package_dir()
     src = pkg.parent if checkout_dir(pkg) == pkg.parent else pkg/SHIPPED_DIR
     if not (src/path).exists():
-        raise QonstraintError(f"{path} is not in {src}: this qonstraint installation is incomplete. Fix: reinstall the package "
+        raise QonstraintError(f"{path} is not in {src}: this qonstraint installation is incomplete. Fix: reinstall "
+                              "the package "
                               "(pip install --force-reinstall qonstraint, or pip install -e . in the checkout).")
     return src/path
 
-# %% ../nbs/00_core.ipynb 38
+# %% ../nbs/00_core.ipynb 42
 def free_bytes(path:Path|str) -> int:
     "Bytes free on the filesystem that holds `path` (or its nearest existing parent)."
     path = Path(path).absolute()
@@ -229,7 +262,8 @@ class WriteError(QonstraintError):
     def __init__(self, path:Path|str, error:BaseException, needed:int|None=None):
         self.path, self.needed, self.free = Path(path), needed, free_bytes(Path(path).parent)
         need = f"it needed {_mib(needed)}" if needed is not None else "its size was not known in advance"
-        self.problem = (f"could not write {self.path} ({type(error).__name__}: {str(error)[:200]}); {need}, {_mib(self.free)} "
+        self.problem = (f"could not write {self.path} ({type(error).__name__}: {str(error)[:200]}); {need}, "
+                        f"{_mib(self.free)} "
                         "free on its filesystem")
         super().__init__(f"{self.problem}. Fix: free space (or write elsewhere), then run the same command again.")
 
@@ -242,7 +276,8 @@ def writing(path:Path|str, needed:int|None=None):
 
 @contextlib.contextmanager
 def atomic_write(path:Path|str, mode:str="wb", needed:int|None=None):   # needed: the bytes it will write, where known
-    "Open a temporary file beside `path`; it replaces `path` only if the `with` block finishes (a failed write: `WriteError`)."
+    ("Open a temporary file beside `path`; it replaces `path` only if the `with` block finishes (a failed write: "
+     "`WriteError`).")
     path = Path(path)
     with writing(path, needed):
         path.parent.mkdir(parents=True, exist_ok=True)

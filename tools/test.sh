@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every test of the project, in the order a reviewer would check them:
 #   1. the library is in sync with the notebooks (nbdev_export changes nothing in qonstraint/),
-#   2. the notebooks are clean (nbdev_clean changes nothing in nbs/) and valid nbformat,
+#   2. the notebooks are clean (nbdev_clean changes nothing in nbs/) and valid nbformat; README.md is what nbs/index.ipynb
+#      gives (tools/readme.py) and bench/RESULTS.md what bench/results/ gives (bench/report.py); no line of the library is
+#      over 120 characters,
 #   3. the GPU benchmark runs in its CPU-sized version (bench/gpu.py --strict) and writes its JSON: it cannot rot between GPU runs,
 #   4. every notebook's tests pass (nbdev_test; cells flagged `slow` are skipped).
 # A step that changes files fails, and leaves the changed files for you to review and commit.
@@ -37,8 +39,26 @@ for p in sorted(glob.glob('nbs/*.ipynb')):
 print('\n'.join(['FAIL: notebooks that are not valid nbformat (papermill refuses them):'] + bad) if bad else 'ok: notebooks are valid nbformat')
 sys.exit(bool(bad))" || exit 1
 
-bench=$(mktemp -d)   # with a budget it never reaches, even on a busy machine: every option that can run on the CPU must run
-if ! python bench/gpu.py --cpu --strict --budget-s 600 --out "$bench/gpu.json" >"$bench/out.txt" 2>&1; then
+python tools/readme.py --check || exit 1
+echo "ok: README.md is what nbs/index.ipynb gives"
+pages=$(mktemp -d)
+python bench/report.py --out "$pages/RESULTS.md" >/dev/null || { echo "FAIL: 'python bench/report.py' did not run"; exit 1; }
+if ! cmp -s "$pages/RESULTS.md" bench/RESULTS.md; then
+  echo "FAIL: bench/RESULTS.md is not what bench/results/ gives. Fix: python bench/report.py"; exit 1
+fi
+rm -rf "$pages"
+echo "ok: bench/RESULTS.md is what bench/results/ gives"
+python - <<'PY' || exit 1
+import glob, sys
+long = [f"  {p}:{i}: {len(l)} characters" for p in sorted(glob.glob("qonstraint/*.py")) if not p.endswith("_modidx.py")
+        for i, l in enumerate(open(p, encoding="utf-8").read().splitlines(), 1) if len(l) > 120]
+print("\n".join(["FAIL: lines over 120 characters in qonstraint/ (shorten them in the notebook that exports them):"] + long)
+      if long else "ok: no line of qonstraint/*.py is over 120 characters")
+sys.exit(bool(long))
+PY
+
+bench=$(mktemp -d)   # with a time limit it never reaches, even on a busy machine: every option that can run on the CPU must run
+if ! python bench/gpu.py --cpu --strict --time-limit-s 600 --out "$bench/gpu.json" >"$bench/out.txt" 2>&1; then
   echo "FAIL: 'python bench/gpu.py --cpu --strict' (its CPU-sized version) failed; its output:"; cat "$bench/out.txt"; exit 1
 fi
 python - "$bench/gpu.json" <<'PY' || { cat "$bench/out.txt"; exit 1; }
@@ -48,7 +68,7 @@ bad = [f"no {k!r}" for k in ("mode", "machine", "peak", "settings", "results", "
 bad += [f"machine: no {k!r}" for k in ("gpu", "gpu_count", "driver", "cuda", "torch", "python", "cpu", "cores", "date") if k not in r.get("machine", {})]
 rows = r.get("results", [])
 bad += [f"{x['name']}: {x['status']}: {x.get('error') or x.get('reason')}" for x in rows
-        if x["status"] == "error" or (x["status"] == "skipped" and x["reason"].startswith("time budget"))]
+        if x["status"] == "error" or (x["status"] == "skipped" and x["reason"].startswith("time limit"))]
 bad += [f"{x['name']}: no {k!r}" for x in rows if x["status"] == "ok" for k in ("images_per_s", "tflops", "estimate_mib", "step_peak_mib") if k not in x]
 bad += [f"no {k} option ran" for k in ("train", "eval", "stochastic") if not any(x["kind"] == k and x["status"] == "ok" for x in rows)]
 if "projection" in r and not r["projection"]: bad.append("no projection (no training option ran)")
