@@ -93,7 +93,8 @@ def show_grid(images:torch.Tensor,  # R, C, 3, H, W normalized images
     "A figure of an R × C grid of normalized images."
     R, C = images.shape[:2]
     fig = Figure(figsize=(C*size, R*size + 0.3), layout="constrained")
-    for ax, img, title in zip(fig.subplots(R, C, squeeze=False).flat, images.flatten(0, 1), np.ravel(titles or [[""]*C]*R)):
+    for ax, img, title in zip(fig.subplots(R, C, squeeze=False).flat, images.flatten(0, 1),
+                              np.ravel(titles or [[""]*C]*R)):
         ax.imshow(denormalize(img, mean, std))
         ax.set_title(title, fontsize=7)
         ax.set_axis_off()
@@ -102,7 +103,8 @@ def show_grid(images:torch.Tensor,  # R, C, 3, H, W normalized images
 # %% ../nbs/02_augment.ipynb 25
 def _grid_transforms(mean, std) -> dict:
     "The val transform and every level × phase, by column title."
-    return {"val": val_transform(mean, std)} | {f"{l} · phase {p}": train_transform(l, p, mean, std) for l in AUG_LEVELS for p in AUG_PHASES}
+    levels = {f"{l} · phase {p}": train_transform(l, p, mean, std) for l in AUG_LEVELS for p in AUG_PHASES}
+    return {"val": val_transform(mean, std)} | levels
 
 def sample_grid(images:np.ndarray, # N, H, W, 3 uint8 images; the first `n` are drawn
                 mean, std,         # the dataset's per-channel statistics, in [0, 1]
@@ -122,7 +124,7 @@ def save_sample_grid(images:np.ndarray, # N, H, W, 3 uint8 images; the first `n`
                      path:Path|str,      # the PNG to write
                      mean, std,          # the dataset's per-channel statistics, in [0, 1]
                      n:int=6, seed:int=0, title:str|None=None,
-                     grid=sample_grid) -> Path:            # the figure: `sample_grid`, or `device_augment.device_sample_grid`
+                     grid=sample_grid) -> Path:            # `sample_grid`, or `device_augment.device_sample_grid`
     "Write `grid` (by default `sample_grid`) as a PNG (same inputs and seed -> same bytes)."
     fig = grid(images, mean, std, n, seed, title)
     with atomic_write(path) as f: fig.savefig(f, format="png", dpi=120)

@@ -35,7 +35,8 @@ def _check_shapes(images:torch.Tensor, labels:torch.Tensor,
                   fix:str="convert uint8 images first (`qonstraint.augment.train_transform` does)"):
     "A float (B, C, H, W) batch with B integer labels: shapes and dtypes only, nothing read from the device."
     if not (images.ndim == 4 and images.is_floating_point()):
-        raise QonstraintError(f"images must be a float (B, C, H, W) batch, got shape {tuple(images.shape)} of {images.dtype}; {fix}")
+        raise QonstraintError(f"images must be a float (B, C, H, W) batch, got shape {tuple(images.shape)} of "
+                              f"{images.dtype}; {fix}")
     if labels.shape != images.shape[:1] or labels.is_floating_point():
         raise QonstraintError(f"labels must be {len(images)} class indices (an integer tensor of shape "
                               f"({len(images)},)), got shape {tuple(labels.shape)} of {labels.dtype}")
@@ -44,12 +45,14 @@ def _check_batch(images:torch.Tensor, labels:torch.Tensor, num_classes:int):
     "A float (B, C, H, W) batch with B class indices in 0..num_classes-1."
     _check_shapes(images, labels)
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise QonstraintError(f"labels must lie in 0..{num_classes - 1}, got {labels.min().item()}..{labels.max().item()}; "
+        raise QonstraintError(f"labels must lie in 0..{num_classes - 1}, got "
+                              f"{labels.min().item()}..{labels.max().item()}; "
                               "is num_classes the dataset's number of classes?")
 
 # %% ../nbs/03_collate.ipynb 6
 class MixCollate:
-    "Mix a batch with CutMix or MixUp with probability `p`, which the caller sets (training: the controller's `mix_prob`)."
+    ("Mix a batch with CutMix or MixUp with probability `p`, which the caller sets (training: the controller's "
+     "`mix_prob`).")
     def __init__(self, num_classes:int,        # labels are class indices in 0..num_classes-1
                  p:float,                      # probability that a batch is mixed, in [0, 1]
                  modes:tuple=MIX_MODES,        # the mixes a mixed batch chooses from, uniformly
@@ -67,7 +70,8 @@ class MixCollate:
     @p.setter
     def p(self, p:float):
         if not (isinstance(p, Real) and 0 <= p <= 1):
-            raise QonstraintError(f"the mixing probability p must be in [0, 1], e.g. the controller's mix_prob; got {p!r}")
+            raise QonstraintError("the mixing probability p must be in [0, 1], e.g. the controller's mix_prob; got "
+                                  f"{p!r}")
         self._p = float(p)
 
     def mix(self, images:torch.Tensor,  # B, C, H, W float
@@ -81,7 +85,8 @@ class MixCollate:
         return images, F.one_hot(labels, self.num_classes).float()
 
     def __call__(self, batch:list) -> tuple[torch.Tensor, torch.Tensor]:
-        "`DataLoader` `collate_fn`: a list of `(image, label)` -> mixed images `(B, C, H, W)`, soft labels `(B, num_classes)`."
+        ("`DataLoader` `collate_fn`: a list of `(image, label)` -> mixed images `(B, C, H, W)`, soft labels `(B, "
+         "num_classes)`.")
         return self.mix(*default_collate(batch))
 
     def __repr__(self): return f"MixCollate(num_classes={self.num_classes}, p={self.p}, modes={self.modes})"

@@ -82,7 +82,7 @@ class TrainConfig:
 
     def __post_init__(self): check_train_config(self)
 
-# %% ../nbs/12a_config.ipynb 9
+# %% ../nbs/12a_config.ipynb 10
 @patch(as_prop=True)
 def run_dir(self:TrainConfig) -> Path: return Path(self.out_dir)/self.run_name
 
@@ -103,7 +103,7 @@ def from_dict(cls:TrainConfig, d:dict) -> TrainConfig:
     "The configuration a run's `config.json` records (its other entries, such as versions, are left out)."
     return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
 
-# %% ../nbs/12a_config.ipynb 11
+# %% ../nbs/12a_config.ipynb 12
 def _check(cfg:TrainConfig, name:str, ok, what:str):
     "Raise unless `ok(cfg.<name>)`, saying the field must be `what`."
     v = getattr(cfg, name)
@@ -111,7 +111,7 @@ def _check(cfg:TrainConfig, name:str, ok, what:str):
     except TypeError: good = False
     if not good: raise QonstraintError(f"{name} must be {what}; got {v!r}")
 
-# %% ../nbs/12a_config.ipynb 12
+# %% ../nbs/12a_config.ipynb 13
 def check_train_config(c:TrainConfig):
     "Normalise (lists from JSON to tuples) and validate every field of `c`; fill in the default run name."
     c.mix_modes, c.betas, c.reload_at = tuple(c.mix_modes), tuple(c.betas), tuple(c.reload_at)
@@ -165,12 +165,12 @@ def check_train_config(c:TrainConfig):
     c.architecture(2)
     if c.run_name is None: c.run_name = f"{network_name(c.preset, c.head, c.stem)}-{c.aug}-{c.dataset}-s{c.seed}"
 
-# %% ../nbs/12a_config.ipynb 16
+# %% ../nbs/12a_config.ipynb 17
 def parse_settings(settings:list[str]) -> dict:
     "`field=value` strings as TrainConfig fields (`qonstraint.core.parse_fields`)."
     return parse_fields(settings, {f.name for f in fields(TrainConfig)}, "a TrainConfig field")
 
-# %% ../nbs/12a_config.ipynb 19
+# %% ../nbs/12a_config.ipynb 20
 def check_init_from(cfg:TrainConfig):
     "Fail, before any data is loaded, unless `init_from` is a finished run of the network `cfg` names."
     src = Path(cfg.init_from)

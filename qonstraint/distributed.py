@@ -32,7 +32,8 @@ class DistEnv:
 def dist_env(environ=os.environ) -> DistEnv:
     "This process's `DistEnv`, from torchrun's environment variables."
     env = DistEnv(*(int(environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0))))
-    if not (0 <= env.rank < env.world): raise QonstraintError(f"RANK={env.rank} is outside 0..WORLD_SIZE-1={env.world - 1}")
+    if not (0 <= env.rank < env.world):
+        raise QonstraintError(f"RANK={env.rank} is outside 0..WORLD_SIZE-1={env.world - 1}")
     return env
 
 def _distributed() -> bool: return torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -50,28 +51,33 @@ def barrier():
 def check_gpu_count(devices:int):
     "Fail unless this machine has at least `devices` GPUs."
     if torch.cuda.device_count() < devices:
-        raise QonstraintError(f"devices={devices}, but this machine has {torch.cuda.device_count()} GPU(s). Fix: devices="
-                              f"{max(1, torch.cuda.device_count())} (on Kaggle, choose the accelerator 'GPU T4 x2' for 2).")
+        raise QonstraintError(f"devices={devices}, but this machine has {torch.cuda.device_count()} GPU(s). Fix: "
+                              "devices="
+                              f"{max(1, torch.cuda.device_count())} (on Kaggle, choose the accelerator 'GPU T4 x2' "
+                              "for 2).")
 
 def join_processes(devices:int, device:str="auto") -> tuple[DistEnv, torch.device]:
     "This process's `DistEnv` and device; under torchrun, join the process group (NCCL on GPUs, Gloo on the CPU)."
     env, dev = dist_env(), get_device(device)
     if env.world != devices:
         raise QonstraintError(f"devices={devices}, but {env.world} process(es) were started. Fix: start one per device "
-                              f"(torchrun --nproc_per_node={devices} -m qonstraint.train ...), or call fit(cfg), which starts them.")
+                              f"(torchrun --nproc_per_node={devices} -m qonstraint.train ...), or call fit(cfg), "
+                              "which starts them.")
     if env.world == 1: return env, dev
     if dev.type == "cuda":
         check_gpu_count(env.world)
         dev = torch.device("cuda", env.local_rank)
         torch.cuda.set_device(dev)
-    if not torch.distributed.is_initialized(): torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return env, dev
 
 def wrap_ddp(forward:torch.nn.Module, device:torch.device, find_unused:bool=False) -> DistributedDataParallel:
     "`forward` in DistributedDataParallel on `device`; `find_unused` when some parameters get no gradient."
-    # 1x1 convolutions' gradients may differ from their bucket's strides only in size-1 dimensions: the same memory layout
+    # 1x1 convolutions' gradients may differ from their bucket's strides only in size-1 dimensions (the same layout)
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    return DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=find_unused)
+    return DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=find_unused)
 
 def gather_rng_states(env:DistEnv):
     "This process's RNG states, or under DDP a list of every process's, by rank."
@@ -82,24 +88,28 @@ def gather_rng_states(env:DistEnv):
 
 # %% ../nbs/12_distributed.ipynb 12
 def _stream(cmd:list[str]) -> tuple[int, list[str], list[str]]:
-    "Run `cmd`, printing its output as it comes; return its exit status, its last 20 lines, and the QonstraintErrors it printed."
+    ("Run `cmd`, printing its output as it comes; return its exit status, its last 20 lines, and the QonstraintErrors "
+     "it printed.")
     tail, errors = collections.deque(maxlen=20), []
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         try:
             for line in proc.stdout:
                 print(line, end="", flush=True); tail.append(line)
-                if (err := re.search(r"QonstraintError: (.*)", line)) and err[1] not in errors: errors.append(err[1])   # "[rank1]: ...Error: ..."
+                # "[rank1]: ...Error: ..."
+                if (err := re.search(r"QonstraintError: (.*)", line)) and err[1] not in errors: errors.append(err[1])
         except BaseException: proc.terminate(); raise    # an interrupted notebook stops the processes too
     return proc.returncode, list(tail), errors
 
 def launch(settings:dict,                   # the run's TrainConfig fields, as plain values (`asdict(cfg)`)
            module:str="qonstraint.train"    # what each process runs: `python -m module --config FILE`
           ) -> Run:
-    "Train in `settings['devices']` processes that torchrun starts; stream their output; return the run folder's record."
+    ("Train in `settings['devices']` processes that torchrun starts; stream their output; return the run folder's "
+     "record.")
     devices = settings["devices"]
     if get_device(settings["device"]).type == "cuda": check_gpu_count(devices)     # before any process starts
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f: json.dump(settings, f)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}", "-m", module, "--config", f.name]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}", "-m", module,
+           "--config", f.name]
     try: status, tail, errors = _stream(cmd)
     finally: os.unlink(f.name)
     if status:

@@ -18,15 +18,14 @@ import qonstraint
 from .core import QonstraintError, atomic_write, check_choice
 from .data import Split, load_dataset
 from .inference import Predictor, load_image
-from .runfolder import CONFIG_FILE, read_json, write_json
+from .runfolder import CONFIG_FILE, EVAL_FILE, read_json, write_json
 from .exits import EXIT_STAGES, early_exits, network_outputs, plot_exits
 
 # %% auto 0
-__all__ = ['ECE_BINS', 'CORRUPTIONS', 'SEVERITIES', 'ON_THE_FLY', 'EVAL_FILE', 'require_torchmetrics', 'calibration',
-           'reliability', 'fit_temperature', 'calibration_report', 'plot_reliability', 'require_imagecorruptions',
-           'corrupt_images', 'read_corrupted', 'write_corrupted', 'corruption_errors', 'corruption_summary',
-           'robustness', 'run_data', 'save_figure', 'plot_corruptions', 'evaluate', 'add_evaluate_args', 'format_eval',
-           'evaluate_command']
+__all__ = ['ECE_BINS', 'CORRUPTIONS', 'SEVERITIES', 'ON_THE_FLY', 'require_torchmetrics', 'calibration', 'reliability',
+           'fit_temperature', 'calibration_report', 'plot_reliability', 'require_imagecorruptions', 'corrupt_images',
+           'read_corrupted', 'write_corrupted', 'corruption_errors', 'corruption_summary', 'robustness', 'run_data',
+           'save_figure', 'plot_corruptions', 'evaluate', 'add_evaluate_args', 'format_eval', 'evaluate_command']
 
 # %% ../nbs/18b_evaluate.ipynb 7
 ECE_BINS = 15   # equal-width confidence bins of the ECE and the reliability diagram
@@ -205,8 +204,6 @@ def robustness(pred:Predictor,
     return facts | summary, errors
 
 # %% ../nbs/18b_evaluate.ipynb 36
-EVAL_FILE = "eval.json"   # what `evaluate` adds to a run folder, beside its figures eval_*.png
-
 def run_data(run_dir:Path|str, img_size:int=64):
     "The dataset a run trained on, split as it was (its `split_seed`), at its network's image size."
     cfg = read_json(Path(run_dir)/CONFIG_FILE, "Fix: pass a run folder written by qonstraint training.")

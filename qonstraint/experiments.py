@@ -169,9 +169,9 @@ def grid_cost(grid:list[GridRun], epoch_s:float=PAPER_EPOCH_S, source:str="the p
     # training ≈ forward + backward (3 forwards); a teacher of this grid adds one forward
     def cost(r:GridRun) -> float:
         return (3*macs[r.name] + macs.get(r.config.get("teacher"), 0))/(3*ref)
-    runs = pd.DataFrame([dict(run=r.name, studies=", ".join(r.studies), epochs=r.config.get("epochs",
-                                                                                            PAPER_RECIPE["epochs"]),
-                              macs=macs[r.name]/1e6, epoch_min=epoch_s*cost(r)/60) for r in grid])
+    epochs = lambda r: r.config.get("epochs", PAPER_RECIPE["epochs"])
+    runs = pd.DataFrame([dict(run=r.name, studies=", ".join(r.studies), epochs=epochs(r), macs=macs[r.name]/1e6,
+                              epoch_min=epoch_s*cost(r)/60) for r in grid])
     return GridCost(runs.assign(hours=runs.epochs*runs.epoch_min/60), epoch_s, source, quota_h)
 
 # %% ../nbs/16_experiments.ipynb 23

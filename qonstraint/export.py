@@ -15,14 +15,13 @@ import torch
 from .core import QonstraintError, atomic_write, writing
 from .model import TIMM_NAMES, QonstraintConfig
 from .budget import count_macs
-from .runfolder import CONFIG_FILE, WEIGHT_FILES, build_network, read_classes, read_json, read_run
-from .evaluate import EVAL_FILE
+from .runfolder import CONFIG_FILE, EVAL_FILE, WEIGHT_FILES, build_network, read_classes, read_json, read_run
 
 # %% auto 0
 __all__ = ['EXPORT_FORMATS', 'MAX_BATCH', 'HUB_FILES', 'CITATION', 'require_onnx', 'example_batch', 'export_onnx',
            'export_torchscript', 'exported_runner', 'check_export', 'quantize_onnx', 'latency_ms', 'measure',
-           'require_hub', 'export_hub', 'model_card', 'push_hub', 'add_export_args', 'export_command', 'check_hub',
-           'hub_command']
+           'require_hub', 'export_hub', 'model_card', 'push_hub', 'check_hub', 'hub_command', 'add_export_args',
+           'export_command']
 
 # %% ../nbs/19_export.ipynb 7
 EXPORT_FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt",   # format -> its file in the run folder
@@ -265,6 +264,26 @@ def push_hub(folder:Path|str, repo:str) -> str:
     return f"uploaded {folder} to https://huggingface.co/{repo_id}"
 
 # %% ../nbs/19_export.ipynb 39
+def check_hub(folder:Path|str, model:torch.nn.Module) -> float:
+    "Max |logit difference| between `model` and the hub folder loaded through timm's `local-dir:`, on 5 random inputs."
+    import timm
+    loaded = timm.create_model(f"local-dir:{Path(folder).resolve()}", pretrained=True).eval()
+    x = example_batch(model, 5)
+    with torch.inference_mode(): return (loaded(x) - model.eval()(x)).abs().max().item()
+
+def hub_command(run_dir:Path|str, out:Path, weights:str, push:str|None) -> int:
+    "`qonstraint export --format hub`: write the folder, check that timm loads the run from it, push or say how."
+    folder = export_hub(run_dir, out, weights)
+    diff = check_hub(folder, build_network(run_dir, weights))
+    if diff > 1e-5: raise QonstraintError(f"{folder} loaded through timm differs from the run (max |logit "
+                                          f"difference| {diff:.2e}). Please report this with the run's config.json.")
+    print(f"wrote {folder} ({', '.join(HUB_FILES)}): timm.create_model('local-dir:{folder}', pretrained=True) "
+          "gives the run's "
+          f"logits (max |difference| {diff:.1e}, 5 random inputs)")
+    if push: print(push_hub(folder, push))
+    return 0
+
+# %% ../nbs/19_export.ipynb 40
 def add_export_args(p:argparse.ArgumentParser):
     "The arguments of `qonstraint export`."
     p.add_argument("run_dir", help="run folder written by training (out_dir/run_name)")
@@ -297,23 +316,4 @@ def export_command(args:argparse.Namespace) -> int:
     if args.int8:
         q = quantize_onnx(path, path.with_suffix(".int8.onnx"))
         print(f"wrote {q} ({q.stat().st_size/1e6:.2f} MB): dynamic INT8 Linear layers")
-    return 0
-
-def check_hub(folder:Path|str, model:torch.nn.Module) -> float:
-    "Max |logit difference| between `model` and the hub folder loaded through timm's `local-dir:`, on 5 random inputs."
-    import timm
-    loaded = timm.create_model(f"local-dir:{Path(folder).resolve()}", pretrained=True).eval()
-    x = example_batch(model, 5)
-    with torch.inference_mode(): return (loaded(x) - model.eval()(x)).abs().max().item()
-
-def hub_command(run_dir:Path|str, out:Path, weights:str, push:str|None) -> int:
-    "`qonstraint export --format hub`: write the folder, check that timm loads the run from it, push or say how."
-    folder = export_hub(run_dir, out, weights)
-    diff = check_hub(folder, build_network(run_dir, weights))
-    if diff > 1e-5: raise QonstraintError(f"{folder} loaded through timm differs from the run (max |logit "
-                                          f"difference| {diff:.2e}). Please report this with the run's config.json.")
-    print(f"wrote {folder} ({', '.join(HUB_FILES)}): timm.create_model('local-dir:{folder}', pretrained=True) "
-          "gives the run's "
-          f"logits (max |difference| {diff:.1e}, 5 random inputs)")
-    if push: print(push_hub(folder, push))
     return 0

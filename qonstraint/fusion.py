@@ -26,7 +26,8 @@ def multihead_attention(q:torch.Tensor,   # B, Nq, D queries
 
 # %% ../nbs/07_fusion.ipynb 8
 class FusionBlockV2(nn.Module):
-    "Attend from `low_feat` (queries) to upsampled `high_feat` (keys, values); concat with low; 1×1 mix; 1×1 → BN → GELU → dropout."
+    ("Attend from `low_feat` (queries) to upsampled `high_feat` (keys, values); concat with low; 1×1 mix; 1×1 → BN → "
+     "GELU → dropout.")
     def __init__(self, low_dim:int,     # channels of `low_feat`
                  high_dim:int,          # channels of `high_feat`
                  dim:int,               # common width, and the output's

@@ -26,7 +26,7 @@ from .projection import Projection, faster_options, time_limit
 __all__ = ['TINYIMAGENET_SIZES', 'stand_in_data', 'device_memory', 'largest_batch', 'Plan', 'describe', 'plan', 'fit_options']
 
 # %% ../nbs/14a_plan.ipynb 6
-TINYIMAGENET_SIZES = dict(train=PAPER.train_images,                               # 80,000: the paper's 80 % of the train folder
+TINYIMAGENET_SIZES = dict(train=PAPER.train_images,                       # 80,000: the paper's 80 % of the train folder
                           val=PAPER.val_images,                                   # 20,000
                           test=TINY_COUNTS["classes"]*TINY_COUNTS["val"])         # 10,000: the official val set
 
@@ -138,7 +138,8 @@ def plan(cfg:TrainConfig,
     world = cfg.devices
     share = cfg.batch_size//world
     # one process, its share of the batch, evaluation timed at it too; the architecture is cfg's
-    one = replace(cfg, devices=1, batch_size=share, eval_batch_size=min(share, -(-cfg.eval_batch_size//world)), init_from=None)
+    one = replace(cfg, devices=1, batch_size=share, eval_batch_size=min(share, -(-cfg.eval_batch_size//world)),
+                  init_from=None)
     # no loader restarts while timed
     data, sizes = stand_in_data(one, one.batch_size*(max_steps + 2), 3*one.eval_batch_size)
     tr = build_run(one, data)

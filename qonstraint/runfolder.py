@@ -5,7 +5,7 @@
 # %% ../nbs/11_runfolder.ipynb 2
 from __future__ import annotations
 import csv, hashlib, io, json, os, socket, subprocess, time, warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +21,9 @@ from .model import Qonstraint, QonstraintConfig
 from .baselines import Baseline, BaselineConfig, config_from_json, network_config
 
 # %% auto 0
-__all__ = ['CONFIG_FILE', 'CLASSES_FILE', 'LOG_FILE', 'SUMMARY_FILE', 'LOG_FILES', 'WEIGHT_FILES', 'LOCK_FILE', 'ADD_RUNS',
-           'LOG_COLUMNS', 'TIMING_COLUMNS', 'OPTIONAL_COLUMNS', 'CHECKSUM_FILE', 'FREE_ON_RESUME', 'CKPT_FORMAT',
-           'write_json', 'read_json', 'log_columns', 'log_row', 'RunLog', 'git_commit', 'write_config',
+__all__ = ['CONFIG_FILE', 'CLASSES_FILE', 'LOG_FILE', 'SUMMARY_FILE', 'LOG_FILES', 'EVAL_FILE', 'WEIGHT_FILES', 'LOCK_FILE',
+           'ADD_RUNS', 'LOG_COLUMNS', 'TIMING_COLUMNS', 'OPTIONAL_COLUMNS', 'CHECKSUM_FILE', 'FREE_ON_RESUME',
+           'CKPT_FORMAT', 'write_json', 'read_json', 'log_columns', 'log_row', 'RunLog', 'git_commit', 'write_config',
            'run_architecture', 'read_checksums', 'sha256_file', 'write_weights', 'verify_weights', 'trust_weights',
            'settings_diff', 'save_checkpoint', 'load_checkpoint', 'load_weights', 'Run', 'read_log', 'read_run',
            'run_state', 'run_contents', 'find_run_dirs', 'RunLock', 'weights_file', 'load_network', 'build_network',
@@ -32,6 +32,7 @@ __all__ = ['CONFIG_FILE', 'CLASSES_FILE', 'LOG_FILE', 'SUMMARY_FILE', 'LOG_FILES
 # %% ../nbs/11_runfolder.ipynb 5
 CONFIG_FILE, CLASSES_FILE, LOG_FILE, SUMMARY_FILE = "config.json", "classes.json", "log.csv", "summary.json"
 LOG_FILES = (CONFIG_FILE, LOG_FILE, SUMMARY_FILE)   # a run's record: read by the figures, shipped in data/runs/
+EVAL_FILE = "eval.json"   # optional: what `qonstraint evaluate` measured (calibration, corruptions, early exit)
 WEIGHT_FILES = {"final": "model.safetensors", "best": "best.pt", "last": "last.pt"}  # `weights=` choices
 LOCK_FILE = "run.lock"   # who writes the run folder now: host, pid, started (empty once released)
 ADD_RUNS = ("Add runs: train them with nbs/train.ipynb or `qonstraint train` (`qonstraint grid` runs the ablation "
@@ -250,11 +251,12 @@ def load_weights(path:Path|str, verify:bool=True) -> tuple[dict, str]:
 # %% ../nbs/11_runfolder.ipynb 34
 @dataclass
 class Run:
-    "A run folder's record: its folder, per-epoch history, summary and configuration."
+    "A run folder's record: its folder, per-epoch history, summary and configuration, and its evaluation if it has one."
     dir:Path
     history:pd.DataFrame
     summary:dict
     config:dict
+    evaluation:dict = field(default_factory=dict)   # eval.json (`qonstraint.evaluate`); empty: not evaluated
 
 def read_log(run_dir:Path|str) -> pd.DataFrame:
     ("log.csv of a run folder, checked: every column of `LOG_COLUMNS`, at least one epoch, "
@@ -285,7 +287,8 @@ def read_run(run_dir:Path|str) -> Run:
         raise QonstraintError(f"run folder {d} has no {' and no '.join(missing)} (a run folder holds "
                               f"{', '.join(LOG_FILES)}). Fix: copy the missing file(s) from the run; a run killed "
                               "before it finished writes summary.json when resumed.")
-    return Run(d, read_log(d), read_json(d/SUMMARY_FILE), read_json(d/CONFIG_FILE))
+    evaluation = read_json(d/EVAL_FILE) if (d/EVAL_FILE).is_file() else {}
+    return Run(d, read_log(d), read_json(d/SUMMARY_FILE), read_json(d/CONFIG_FILE), evaluation)
 
 # %% ../nbs/11_runfolder.ipynb 38
 def run_state(run_dir:Path|str) -> str:

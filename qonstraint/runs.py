@@ -16,19 +16,33 @@ from .runfolder import ADD_RUNS, LOG_FILES, Run, find_run_dirs, read_run
 from .studies import STUDIES, flatten, head_depth
 
 # %% auto 0
-__all__ = ['X_AXES', 'run_rows', 'load_runs', 'select_runs', 'require_runs', 'study_variants', 'data_label', 'with_x',
-           'paper_run_epochs', 'paper_x', 'peak_metrics']
+__all__ = ['EVAL_COLUMNS', 'X_AXES', 'evaluation_fields', 'run_rows', 'load_runs', 'select_runs', 'require_runs',
+           'study_variants', 'data_label', 'with_x', 'paper_run_epochs', 'paper_x', 'peak_metrics']
 
 # %% ../nbs/17_runs.ipynb 8
+EVAL_COLUMNS = {"eval.ece": ("calibration", "before", "ece"), "eval.ece_scaled": ("calibration", "after", "ece"),
+                "eval.mce": ("robustness", "mce")}   # eval.json's headline numbers (`qonstraint evaluate`): column -> keys
+
+def evaluation_fields(evaluation:dict   # a run's eval.json (`Run.evaluation`; empty: not evaluated)
+                     ) -> dict:
+    "The headline numbers a run's evaluation holds, as `eval.` fields: ECE before and after temperature scaling, mCE."
+    def get(keys):
+        d = evaluation
+        for k in keys: d = d.get(k, {}) if isinstance(d, dict) else {}
+        return d if isinstance(d, (int, float)) else None
+    return {c: v for c, keys in EVAL_COLUMNS.items() if (v := get(keys)) is not None}
+
 def run_rows(run:Run,          # a run folder's record, from `qonstraint.runfolder.read_run`
              root:Path|str     # the folder `run` names are relative to
             ) -> pd.DataFrame:
-    "One run as rows, one per epoch: run, the log.csv columns, config.json and `summary.` fields, the network as JSON."
+    ("One run as rows, one per epoch: run, the log.csv columns, config.json, `summary.` and `eval.` fields, "
+     "the network as JSON.")
     log = run.history
     config = {(f"config.{k}" if k in log.columns else k): v for k, v in flatten(run.config).items()}
     # the recorded network whole (flattened, its numbers lose their types)
     config["network_json"] = json.dumps(run.config.get("network"))
-    row = {"run": run.dir.relative_to(root).as_posix()} | config | flatten(run.summary, "summary.")
+    row = ({"run": run.dir.relative_to(root).as_posix()} | config | flatten(run.summary, "summary.")
+           | evaluation_fields(run.evaluation))
     meta = pd.DataFrame([row]*len(log))
     return pd.concat([meta[["run"]], log, meta.drop(columns="run")], axis=1)
 
@@ -41,7 +55,7 @@ def load_runs(path:Path|str) -> pd.DataFrame:
         raise QonstraintError(f"no run folders found under {path} (a run folder holds {holds}). {ADD_RUNS}")
     return pd.concat([run_rows(read_run(d), path) for d in dirs], ignore_index=True)
 
-# %% ../nbs/17_runs.ipynb 15
+# %% ../nbs/17_runs.ipynb 16
 def select_runs(df:pd.DataFrame,  # `load_runs` output
                 ablation:str      # a study: "main" | "controller" | "stem" | "depth" | "version" | "head"
                ) -> pd.DataFrame: # the selected runs' rows, with `variant` (and `depth` for "head")
@@ -54,7 +68,7 @@ def select_runs(df:pd.DataFrame,  # `load_runs` output
     if ablation == "head": out["depth"] = out.run.map({run: head_depth(configs[run]) for run in variant})
     return out.reset_index(drop=True)
 
-# %% ../nbs/17_runs.ipynb 19
+# %% ../nbs/17_runs.ipynb 20
 def require_runs(runs:pd.DataFrame, ablation:str) -> pd.DataFrame:
     "`select_runs`, or a QonstraintError naming the runs that are missing."
     sel = select_runs(runs, ablation)
@@ -71,7 +85,7 @@ def study_variants(sel:pd.DataFrame, ablation:str) -> tuple[list, str]:
     missing = [v for v in STUDIES[ablation].variants if v not in have]
     return have, f"no runs yet for: {', '.join(missing)}" if missing else ""
 
-# %% ../nbs/17_runs.ipynb 22
+# %% ../nbs/17_runs.ipynb 23
 def data_label(runs:pd.DataFrame) -> str:
     "What `runs` were trained on, for a title, e.g. 'digits (CPU run, not TinyImageNet)'."
     c = runs.drop_duplicates("run")
@@ -82,7 +96,7 @@ def data_label(runs:pd.DataFrame) -> str:
     return " + ".join(f"TinyImageNet ({dev} run)" if t else f"{ds} ({dev} run, not TinyImageNet)"
                       for ds, dev, t in sorted(set(zip(c.dataset, devices, is_tiny))))
 
-# %% ../nbs/17_runs.ipynb 25
+# %% ../nbs/17_runs.ipynb 26
 X_AXES = {"epoch": "epoch", "progress": "training progress (epoch / the run's epochs)"}   # x: axis label
 
 def with_x(runs:pd.DataFrame, x:str="epoch") -> pd.DataFrame:
@@ -99,7 +113,7 @@ def paper_x(epochs, x:str="epoch", run_epochs:int=PAPER.epochs) -> np.ndarray:
     e = np.asarray(epochs, dtype=float)
     return e if check_choice("x", x, X_AXES) == "epoch" else e/run_epochs
 
-# %% ../nbs/17_runs.ipynb 28
+# %% ../nbs/17_runs.ipynb 29
 def peak_metrics(runs:pd.DataFrame) -> pd.DataFrame:
     "Per run: peak train top-1 and top-5; peak val top-1, with the val top-5, epoch and progress of that peak."
     def peaks(r):

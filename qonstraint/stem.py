@@ -27,7 +27,8 @@ class ConvBlock(nn.Sequential):
     def __init__(self, cin:int, cout:int, stride:int=1,
                  separable:bool=True, # depthwise-separable 3×3 conv
                  drop:float=0.):      # dropout probability
-        super().__init__(stem_conv(cin, cout, stride, separable), nn.BatchNorm2d(cout), nn.Dropout(drop), nn.ReLU(inplace=True))
+        super().__init__(stem_conv(cin, cout, stride, separable), nn.BatchNorm2d(cout), nn.Dropout(drop),
+                         nn.ReLU(inplace=True))
 
 # %% ../nbs/04_stem.ipynb 9
 STEMS = {"soft": (1, 1, 2),          # 64 -> 64 -> 64 -> 32 px: the paper's stem
@@ -42,7 +43,9 @@ class ConvStem(nn.Module):
                  drop:float=0.):            # dropout after each conv
         super().__init__()
         check_choice("stem", kind, STEMS)
-        if dim % 4: raise QonstraintError(f"the stem's width must be a multiple of 4 (it grows as dim/4, dim/2, dim); got {dim}")
+        if dim % 4:
+            raise QonstraintError(f"the stem's width must be a multiple of 4 (it grows as dim/4, dim/2, dim); "
+                                  f"got {dim}")
         widths = (dim // 4, dim // 2, dim)
         self.blocks = nn.Sequential(*[ConvBlock(cin, cout, s, separable, drop)
                                       for cin, cout, s in zip((in_chans, *widths[:2]), widths, STEMS[kind])])

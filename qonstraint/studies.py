@@ -21,10 +21,11 @@ from .runfolder import (CONFIG_FILE, LOG_FILE, SUMMARY_FILE, RunLog, log_row, ne
 
 # %% auto 0
 __all__ = ['PAPER_RECIPE', 'MAIN', 'HEADS_MAIN', 'OLD_RECIPE', 'HEAD_DEPTHS', 'HEAD_CELLS', 'BATCH_512', 'BATCH_192', 'EPOCHS_60',
-           'BASELINE_NETS', 'GRID_TEACHER', 'STUDENT', 'STUDIES', 'DIFFERENCES', 'PAPER_COLUMNS', 'FIXTURE_WIDTHS',
-           'FIXTURE_SIZE', 'FIXTURE_CLASSES', 'FIXTURE_SEEDS', 'FIXTURE_EMPTY_CELL', 'FIXTURE_OTHER', 'FIXTURE_LEGACY',
-           'FIXTURE_SWA', 'FIXTURE_SOURCE', 'flatten', 'run_settings', 'Study', 'resolve_recipe', 'head_depth',
-           'differences', 'study_runs', 'Paper', 'repo_root', 'load_paper', 'fixture_grid', 'make_fixture_runs']
+           'BASELINE_KEEPS', 'BASELINE_NETS', 'GRID_TEACHER', 'STUDENT', 'STUDIES', 'DIFFERENCES', 'PAPER_COLUMNS',
+           'FIXTURE_WIDTHS', 'FIXTURE_SIZE', 'FIXTURE_CLASSES', 'FIXTURE_SEEDS', 'FIXTURE_EMPTY_CELL', 'FIXTURE_OTHER',
+           'FIXTURE_LEGACY', 'FIXTURE_SWA', 'FIXTURE_SOURCE', 'flatten', 'run_settings', 'Study', 'resolve_recipe',
+           'head_depth', 'differences', 'study_runs', 'Paper', 'repo_root', 'load_paper', 'fixture_grid',
+           'make_fixture_runs']
 
 # %% ../nbs/15_studies.ipynb 5
 def flatten(d:dict, prefix:str="") -> dict:
@@ -82,7 +83,7 @@ def _holds(value, want) -> bool: return value in want if isinstance(want, frozen
 
 PAPER_RECIPE = PAPER.schedule()   # the main runs' epochs, batch and LRs (IV.A): what the studies scale
 
-def resolve_recipe(override:dict,  # a study's run: TrainConfig fields, and `batch_scale` / `epochs_scale` (of the main runs')
+def resolve_recipe(override:dict,  # a study's run: TrainConfig fields, `batch_scale` and `epochs_scale`
                    # the main runs' epochs, batch_size, lr, min_lr and max_lr at this size (and any other field)
                    base:dict
                   ) -> dict:
@@ -112,6 +113,7 @@ _SOTA_SOFT = dict(head="sota", stem="soft", own_depths=True)    # what the depth
 BATCH_512, BATCH_192 = dict(batch_scale=2), dict(batch_scale=0.75)   # IV.B-E, relative to the paper's batch of 256
 EPOCHS_60 = dict(epochs_scale=PAPER.head_low_epochs/PAPER.epochs)   # IV.E.1's LOW cells: 60 of the 70 epochs
 # the baselines study
+BASELINE_KEEPS = ("aug", "randaugment", "mix_modes", "distilled")   # what a baseline run keeps of a main run's settings
 BASELINE_NETS = ("qonstraint_5_9", "tiny", "resnet18", "mobilenetv2", "mobilevit_xxs", "deit_tiny", "vit_spt_lsa")
 # a teacher in a study: the same grid's run of that variant (paper's controller, same seed)
 GRID_TEACHER = "grid:qonstraint_5_9"
@@ -154,8 +156,7 @@ STUDIES = {s.name: s for s in (
           f"the main runs' recipe (aug mid, randaugment, cutmix+mixup), controller paper or off, on "
           f"{', '.join(BASELINE_NETS)} (Qonstraint presets: head sota, stem soft, own depths) and deit_tiny_distilled "
           "with a teacher",
-          requires={n: (_MAIN if n in PRESETS else {k: _MAIN[k] for k in ("aug", "randaugment", "mix_modes",
-                                                                          "distilled")})
+          requires={n: (_MAIN if n in PRESETS else {k: _MAIN[k] for k in BASELINE_KEEPS})
                        | dict(preset=n, controller=frozenset(CONTROLLERS)) for n in BASELINE_NETS}
                    | {"deit_tiny_distilled": dict(preset="deit_tiny_distilled", distilled=True, aug="mid")},
           overrides={n: tuple(MAIN | o | dict(controller=c) for c in CONTROLLERS)

@@ -108,7 +108,7 @@ def table_epoch_summary(runs:pd.DataFrame, paper:Paper|None=None) -> pd.DataFram
 MODEL_TITLES = {"qonstraint_5_9": "Qonstraint 5.9", "tiny": "Qonstraint tiny", "mobilevit_xxs": "MobileViT-XXS",
                 "deit_tiny": "DeiT-Tiny", "deit_tiny_distilled": "DeiT-Tiny distilled",
                 "vit_spt_lsa": "ViT + SPT/LSA"}   # others: their paper row, or their name
-COMPARISON_COLUMNS = ("model source network controller runs val_top1 val_top5 params_m gmacs s_per_epoch peak_mem "
+COMPARISON_COLUMNS = ("model source network controller runs val_top1 val_top5 ece mce params_m gmacs s_per_epoch peak_mem "
                       "epochs data device note").split()
 
 def _title(variant:str) -> str:
@@ -129,6 +129,7 @@ def _measured(g:pd.DataFrame, variant:str, controller:str) -> dict:
     size = (json.loads(first.network_json.iloc[0]) or {}).get("img_size", 64)   # older folders (no record) took 64×64
     kind = "process RSS" if str(first.device.iloc[0]).startswith("cpu") else "CUDA"
     teacher = first.teacher.iloc[0] if "teacher" in first else None
+    evals = {k: round(first[f"eval.{k}"].mean(), 2) for k in ("ece", "mce") if f"eval.{k}" in first}   # evaluated runs
     return dict(model=_title(variant), source="measured here", network=variant, controller=controller, runs=len(first),
                 val_top1=round(peaks.val_top1.mean(), 2), val_top5=round(peaks.val_top5.mean(), 2),
                 params_m=round(first["summary.params"].mean()/1e6, 3),
@@ -136,7 +137,7 @@ def _measured(g:pd.DataFrame, variant:str, controller:str) -> dict:
                 s_per_epoch=round(per_run.epoch_seconds.mean().mean(), 1),
                 peak_mem=f"{per_run.peak_mem_mb.max().mean()/1024:.2f} GB {kind}",
                 epochs=int(first.epochs.iloc[0]), data=f"{data_label(g)}, {size}×{size}", device=first.device.iloc[0],
-                note=(f"taught ({first.distill.iloc[0]}) by {Path(teacher).name}" if isinstance(teacher, str) else ""))
+                note=(f"taught ({first.distill.iloc[0]}) by {Path(teacher).name}" if isinstance(teacher, str) else "")) | evals
 
 def _quoted(p:pd.Series) -> dict:
     "A comparison row of a model the paper quotes (a row of `Paper.comparison`)."
@@ -145,7 +146,8 @@ def _quoted(p:pd.Series) -> dict:
                 epochs=np.nan, data="TinyImageNet", device=p.hardware, note=f"{p.training_time_text}; {p.ref}")
 
 def table_comparison(runs:pd.DataFrame, paper:Paper|None=None) -> pd.DataFrame:
-    "The paper's quoted comparison (IV.A.5), each row followed by our measured rows of its model, then the others."
+    ("The paper's quoted comparison (IV.A.5), each row followed by our measured rows of its model, then the others; "
+     "ECE and mCE (`qonstraint evaluate`) where runs were evaluated.")
     sel, paper = require_runs(runs, "baselines"), paper or load_paper()
     ctrl = ["off" if c == "off" else "paper" for c in sel.get("controller", pd.Series("paper", index=sel.index))]
     sel = sel.assign(ctrl=ctrl, order=sel.variant.map(STUDIES["baselines"].variants.index),
@@ -156,9 +158,10 @@ def table_comparison(runs:pd.DataFrame, paper:Paper|None=None) -> pd.DataFrame:
     for _, p in paper.comparison.iterrows():
         rows += [_quoted(p)] + measured[measured.model == p.model].to_dict("records")
     rows += measured[~measured.model.isin(paper.comparison.model)].to_dict("records")
-    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS).astype({"runs": "Int64", "epochs": "Int64"})
+    t = pd.DataFrame(rows, columns=COMPARISON_COLUMNS).astype({"runs": "Int64", "epochs": "Int64"})
+    return t.drop(columns=[c for c in ("ece", "mce") if t[c].isna().all()])   # columns of evaluated runs only
 
-# %% ../nbs/17c_tables.ipynb 23
+# %% ../nbs/17c_tables.ipynb 25
 def _quoted_points(ax, quoted:pd.DataFrame):
     "The models the paper quotes, hollow and named, at their parameters."
     ax.scatter(quoted.params_m, quoted.val_top1, facecolors="none", edgecolors="grey", label="quoted (paper)")
@@ -188,7 +191,7 @@ def fig_comparison(runs:pd.DataFrame, paper:Paper|None=None) -> Figure:
     add_legend(axes[0, 0])
     return fig
 
-# %% ../nbs/17c_tables.ipynb 27
+# %% ../nbs/17c_tables.ipynb 29
 DPI = 100  # pixels per inch of the saved PNGs
 
 def save_figure(fig:Figure, path:Path|str) -> Path:
@@ -210,15 +213,16 @@ def save_table(df:pd.DataFrame, stem:Path|str) -> list[Path]:
     with atomic_write(md, "w") as f: f.write(to_markdown(df))
     return [csv, md]
 
-# %% ../nbs/17c_tables.ipynb 32
+# %% ../nbs/17c_tables.ipynb 34
 def table_recipe_cost(cost:pd.DataFrame   # `data/controller/recipe_digits.csv`: a row per variant and seed
                      ) -> pd.DataFrame:
-    "Per variant, in the table's order: runs, mean peak val top-1 with its range over the seeds, last epoch, swing, boosts."
+    ("Per variant, in the table's order: runs, mean peak val top-1 with its range over the seeds, last epoch, swing, "
+     "boosts.")
     g = cost.groupby("variant", sort=False)
     return g.agg(runs=("seed", "count"), peak=("peak", "mean"), peak_min=("peak", "min"), peak_max=("peak", "max"),
                  last=("last", "mean"), swing=("swing", "mean"), boosts=("boosts", "mean")).round(1).reset_index()
 
-# %% ../nbs/17c_tables.ipynb 34
+# %% ../nbs/17c_tables.ipynb 36
 def _pm(mean, std, digits:int=1) -> str:
     "mean ± std as text ('' where there is no mean; the mean alone where there is no std)."
     if pd.isna(mean): return ""
@@ -251,11 +255,12 @@ def results_page(peak:pd.DataFrame,               # `table_peak`
              to_markdown(verdicts)]
     lr_title = '## The LR rule: "rebase" (default) against the earlier "compound", same seeds\n'
     if lr_rule is not None: parts += [lr_title, to_markdown(lr_rule)]
-    recipe_title = "## What the recipe costs on a small validation set (digits, CPU: `data/controller/recipe_digits.csv`)\n"
+    recipe_title = ("## What the recipe costs on a small validation set (digits, CPU: "
+                    "`data/controller/recipe_digits.csv`)\n")
     if recipe is not None: parts += [recipe_title, to_markdown(recipe)]
     return "\n".join(parts)
 
-# %% ../nbs/17c_tables.ipynb 38
+# %% ../nbs/17c_tables.ipynb 40
 TABLES = {"table_peak": table_peak, "table_epoch_summary": table_epoch_summary, "table_claims": table_claims}
 # made from the baselines study's runs
 COMPARISON = {"table_comparison": table_comparison, "fig_comparison": fig_comparison}

@@ -3,7 +3,7 @@
 #   tools/test_env.sh SET [NOTEBOOK...]     SET: a file tools/requirements/SET.txt (floor, kaggle)
 # It builds .venv-SET/ (git-ignored; built anew whenever the set, settings.ini or setup.py changes, or with FRESH=1):
 # torch 2.14.1 and torchvision 0.29.1 (what is at hand; the sets pin no torch), the set's pins, the package (editable)
-# and the dev tools of settings.ini's dev_requirements (less jupyterlab, which no test uses), then runs nbdev_test
+# and the dev tools of settings.ini's dev_requirements (less jupyterlab and imagecorruptions-imaug, which no test of the sets uses), then runs nbdev_test
 # there: on the notebooks named (nbs/NAME.ipynb), or on every notebook when none is named. It prints the versions it ran on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,9 +69,10 @@ if [ "${FRESH:-0}" = 1 ] || [ "$(cat "$venv/.installed" 2>/dev/null)" != "$stamp
   "$PYTHON" -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --upgrade pip
   link_torch "$venv"
-  # the dev tools, less jupyterlab and less what the set pins itself (fastcore: the set's, not the dev pin)
+  # the dev tools, less jupyterlab and imagecorruptions-imaug (no test of these sets uses them; the latter pulls opencv,
+  # scikit-image and numba, which need newer numpy than the floors) and less what the set pins itself (fastcore: the set's)
   pinned=$(sed -n 's/^\([A-Za-z0-9_.-]*\)==.*/\1/p' "$reqs" | paste -sd'|')
-  dev=$(sed -n 's/^dev_requirements *= *//p' settings.ini | tr ' ' '\n' | grep -v '^jupyterlab$' | grep -Eiv "^(${pinned:-.^})([=<>!~ ]|$)" | tr '\n' ' ')
+  dev=$(sed -n 's/^dev_requirements *= *//p' settings.ini | tr ' ' '\n' | grep -Ev '^(jupyterlab|imagecorruptions-imaug)([=<>!~ ]|$)' | grep -Eiv "^(${pinned:-.^})([=<>!~ ]|$)" | tr '\n' ' ')
   # one resolve: the set's == pins hold, everything it leaves out is the newest that fits them
   # shellcheck disable=SC2086
   "$venv/bin/python" -m pip install --quiet $TORCH -r "$reqs" -e . $dev 2>&1 | { grep -v 'is ignored: it is neither a file' || true; }
