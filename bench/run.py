@@ -25,6 +25,7 @@ from qonstraint.core import amp_policy, seed_worker
 from qonstraint.data import load_dataset
 from qonstraint.device_augment import DeviceAugment, DeviceMix, device_batches
 from qonstraint.model import Qonstraint
+from qonstraint.recipe import PAPER
 from qonstraint.budget import count_macs, estimate_memory
 from qonstraint.baselines import network_config
 from qonstraint.step import build_trainer, compile_forward, compile_unavailable, ddp_grad_check
@@ -32,7 +33,7 @@ from qonstraint.testing import count_host_syncs
 
 from machine import machine, write_result           # bench/machine.py
 
-TRAIN_IMAGES, VAL_IMAGES = 80_000, 20_000        # TinyImageNet with the paper's 80/20 split of the official train set
+TRAIN_IMAGES, VAL_IMAGES = PAPER.train_images, PAPER.val_images   # TinyImageNet with the paper's 80/20 split
 GPUS = {  # peak dense throughput, TFLOP/s (vendor data sheets)
     "P100 (fp32; no tensor cores)": (9.3, 1),
     "T4 x2 (fp16 tensor cores)": (65.0, 2),
@@ -66,8 +67,8 @@ def tiny_trainer(compile:bool=False):
     "The `Trainer` that `fit` builds for the tiny preset (aggressive stem) on digits, on the CPU, with the paper's AdamW settings."
     torch.manual_seed(0)
     cpu, model = torch.device("cpu"), Qonstraint(network_config("tiny", 10, stem="aggressive"))
-    t = build_trainer(model, cpu, amp_policy(cpu), lr=5e-4, betas=(0.92, 0.999), weight_decay=5e-5, grad_clip=1.0, warmup_steps=0,
-                      ema_decay=ConfidenceController(70).state.ema_decay)
+    t = build_trainer(model, cpu, amp_policy(cpu), lr=PAPER.lr, betas=PAPER.betas, weight_decay=PAPER.weight_decay,
+                      grad_clip=PAPER.grad_clip, warmup_steps=0, ema_decay=ConfidenceController(PAPER.epochs).state.ema_decay)
     if compile: t.forward, _ = compile_forward(t.forward, cpu)
     return t
 
@@ -75,7 +76,7 @@ def tiny_trainer(compile:bool=False):
 def bench_loop(batch:int, repeat:int) -> dict:
     """`fit`'s training step (all branches, hardness-weighted loss, scaler, clipping, EMA, metrics) against a bare
     forward/cross-entropy/backward/AdamW loop on the same model and batch; and the host reads in one step."""
-    trainer, s = tiny_trainer(), ConfidenceController(70).state
+    trainer, s = tiny_trainer(), ConfidenceController(PAPER.epochs).state
     trainer.apply(s)
     trainer.forward.train()
     x, y = torch.randn(batch, 3, 64, 64), torch.randint(0, 10, (batch,))
@@ -108,7 +109,7 @@ def bench_data_paths(batch:int, epochs:int, threads:int) -> dict:
     network and images (no augmentation, plain cross-entropy, plain AdamW). The median epoch of each, run alternately,
     with torch's `threads` (its default: as `fit` runs) beside the DataLoader's workers."""
     torch.set_num_threads(threads)
-    d, s = load_dataset("digits"), ConfidenceController(70).state
+    d, s = load_dataset("digits"), ConfidenceController(PAPER.epochs).state
     p = mix_prob_at(ControllerConfig(), 2, 0.5)
     images, labels = torch.from_numpy(d.train.images), torch.from_numpy(d.train.labels)
     trainer = tiny_trainer()
@@ -148,7 +149,7 @@ def bench_compile(batch:int, repeat:int) -> dict:
     times = {}
     try:
         for compiled in (False, True):
-            trainer, s = tiny_trainer(compile=compiled), ConfidenceController(70).state
+            trainer, s = tiny_trainer(compile=compiled), ConfidenceController(PAPER.epochs).state
             trainer.forward.train()
             t = time.perf_counter(); trainer.train_step(x, target, s); first = time.perf_counter() - t
             times[compiled] = median_time(lambda: trainer.train_step(x, target, s), repeat)

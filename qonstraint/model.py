@@ -238,7 +238,7 @@ def _create_qonstraint(preset:str, pretrained:bool=False, **kwargs) -> Qonstrain
                               "dict(file='runs/<run>/model.safetensors', num_classes=<its classes>)")
     model = build_model_with_cfg(partial(_from_preset, preset), TIMM_NAMES[preset], pretrained,
                                  feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"), **kwargs)
-    if isinstance(model, Qonstraint):   # the network's own cfg; a given cfg's normalisation (a hub folder's: its run's) wins
+    if isinstance(model, Qonstraint):   # its own cfg; a given cfg's normalisation (a hub folder's: its run's) wins
         data = {k: c[k] for c in given if isinstance(c, dict) for k in ("mean", "std") if k in c}
         model.pretrained_cfg = model.default_cfg = model.pretrained_cfg | network_cfg(model.cfg) | data
     return model

@@ -20,8 +20,9 @@ __all__ = ['EVAL_COLUMNS', 'X_AXES', 'evaluation_fields', 'run_rows', 'load_runs
            'study_variants', 'data_label', 'with_x', 'paper_run_epochs', 'paper_x', 'peak_metrics']
 
 # %% ../nbs/17_runs.ipynb 8
+# eval.json's headline numbers (`qonstraint evaluate`): column -> keys
 EVAL_COLUMNS = {"eval.ece": ("calibration", "before", "ece"), "eval.ece_scaled": ("calibration", "after", "ece"),
-                "eval.mce": ("robustness", "mce")}   # eval.json's headline numbers (`qonstraint evaluate`): column -> keys
+                "eval.mce": ("robustness", "mce")}
 
 def evaluation_fields(evaluation:dict   # a run's eval.json (`Run.evaluation`; empty: not evaluated)
                      ) -> dict:

@@ -108,7 +108,8 @@ def table_epoch_summary(runs:pd.DataFrame, paper:Paper|None=None) -> pd.DataFram
 MODEL_TITLES = {"qonstraint_5_9": "Qonstraint 5.9", "tiny": "Qonstraint tiny", "mobilevit_xxs": "MobileViT-XXS",
                 "deit_tiny": "DeiT-Tiny", "deit_tiny_distilled": "DeiT-Tiny distilled",
                 "vit_spt_lsa": "ViT + SPT/LSA"}   # others: their paper row, or their name
-COMPARISON_COLUMNS = ("model source network controller runs val_top1 val_top5 ece mce params_m gmacs s_per_epoch peak_mem "
+COMPARISON_COLUMNS = ("model source network controller runs val_top1 val_top5 ece mce params_m gmacs s_per_epoch "
+                      "peak_mem "
                       "epochs data device note").split()
 
 def _title(variant:str) -> str:
@@ -137,7 +138,8 @@ def _measured(g:pd.DataFrame, variant:str, controller:str) -> dict:
                 s_per_epoch=round(per_run.epoch_seconds.mean().mean(), 1),
                 peak_mem=f"{per_run.peak_mem_mb.max().mean()/1024:.2f} GB {kind}",
                 epochs=int(first.epochs.iloc[0]), data=f"{data_label(g)}, {size}×{size}", device=first.device.iloc[0],
-                note=(f"taught ({first.distill.iloc[0]}) by {Path(teacher).name}" if isinstance(teacher, str) else "")) | evals
+                note=(f"taught ({first.distill.iloc[0]}) by {Path(teacher).name}" if isinstance(teacher, str)
+                      else "")) | evals
 
 def _quoted(p:pd.Series) -> dict:
     "A comparison row of a model the paper quotes (a row of `Paper.comparison`)."
