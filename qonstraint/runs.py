@@ -21,8 +21,11 @@ __all__ = ['EVAL_COLUMNS', 'X_AXES', 'evaluation_fields', 'run_rows', 'load_runs
 
 # %% ../nbs/17_runs.ipynb 8
 # eval.json's headline numbers (`qonstraint evaluate`): column -> keys
-EVAL_COLUMNS = {"eval.ece": ("calibration", "before", "ece"), "eval.ece_scaled": ("calibration", "after", "ece"),
-                "eval.mce": ("robustness", "mce")}
+EVAL_COLUMNS = {"eval.split": ("split",), "eval.ece": ("calibration", "before", "ece"),
+                "eval.temperature": ("calibration", "temperature"), "eval.ece_scaled": ("calibration", "after", "ece"),
+                "eval.mean_error": ("robustness", "mean_error"), "eval.mce": ("robustness", "mce"),
+                "eval.exit_threshold": ("early_exit", "threshold"), "eval.exit_top1": ("early_exit", "top1"),
+                "eval.full_top1": ("early_exit", "full_top1"), "eval.macs_saved": ("early_exit", "saved_percent")}
 
 def evaluation_fields(evaluation:dict   # a run's eval.json (`Run.evaluation`; empty: not evaluated)
                      ) -> dict:
@@ -30,7 +33,7 @@ def evaluation_fields(evaluation:dict   # a run's eval.json (`Run.evaluation`; e
     def get(keys):
         d = evaluation
         for k in keys: d = d.get(k, {}) if isinstance(d, dict) else {}
-        return d if isinstance(d, (int, float)) else None
+        return d if isinstance(d, (int, float, str)) else None
     return {c: v for c, keys in EVAL_COLUMNS.items() if (v := get(keys)) is not None}
 
 def run_rows(run:Run,          # a run folder's record, from `qonstraint.runfolder.read_run`

@@ -18,13 +18,13 @@ from .controller import CONTROLLERS
 from .core import QonstraintError, atomic_write
 from .figures import FIGURES, PALETTE, PAPER_LABEL, add_legend, new_figure, styled
 from .recipe import PAPER
-from .runs import data_label, peak_metrics, require_runs, select_runs, study_variants
+from .runs import EVAL_COLUMNS, data_label, peak_metrics, require_runs, select_runs, study_variants
 from .studies import STUDIES, Paper, load_paper
 
 # %% auto 0
 __all__ = ['PEAK_STUDIES', 'PEAK_SOURCE', 'SUMMARY_COLUMNS', 'MODEL_TITLES', 'COMPARISON_COLUMNS', 'DPI', 'TABLES', 'COMPARISON',
            'table_peak', 'match_epoch', 'table_epoch_summary', 'table_comparison', 'fig_comparison', 'save_figure',
-           'to_markdown', 'save_table', 'table_recipe_cost', 'results_page', 'write_outputs']
+           'to_markdown', 'save_table', 'table_evaluations', 'table_recipe_cost', 'results_page', 'write_outputs']
 
 # %% ../nbs/17c_tables.ipynb 6
 PEAK_STUDIES = ("main", "controller")   # the studies of the peak table, a row group per variant
@@ -216,6 +216,18 @@ def save_table(df:pd.DataFrame, stem:Path|str) -> list[Path]:
     return [csv, md]
 
 # %% ../nbs/17c_tables.ipynb 34
+def table_evaluations(runs:pd.DataFrame   # `load_runs` output
+                     ) -> pd.DataFrame:
+    "A row per evaluated run (an `eval.json` in its folder): data, split, calibration, robustness, early exit."
+    cols = [c for c in EVAL_COLUMNS if c in runs]
+    if not cols: return pd.DataFrame(columns=["run", "data", *(c.removeprefix("eval.") for c in EVAL_COLUMNS)])
+    first = runs.drop_duplicates("run")
+    first = first[first[cols].notna().any(axis=1)]
+    data = [data_label(runs[runs.run == r]) for r in first.run]
+    out = first[["run", *cols]].rename(columns=lambda c: c.removeprefix("eval.")).assign(data=data)
+    return out[["run", "data", *(c.removeprefix("eval.") for c in cols)]].round(2).reset_index(drop=True)
+
+# %% ../nbs/17c_tables.ipynb 37
 def table_recipe_cost(cost:pd.DataFrame   # `data/controller/recipe_digits.csv`: a row per variant and seed
                      ) -> pd.DataFrame:
     ("Per variant, in the table's order: runs, mean peak val top-1 with its range over the seeds, last epoch, swing, "
@@ -224,7 +236,7 @@ def table_recipe_cost(cost:pd.DataFrame   # `data/controller/recipe_digits.csv`:
     return g.agg(runs=("seed", "count"), peak=("peak", "mean"), peak_min=("peak", "min"), peak_max=("peak", "max"),
                  last=("last", "mean"), swing=("swing", "mean"), boosts=("boosts", "mean")).round(1).reset_index()
 
-# %% ../nbs/17c_tables.ipynb 36
+# %% ../nbs/17c_tables.ipynb 39
 def _pm(mean, std, digits:int=1) -> str:
     "mean ± std as text ('' where there is no mean; the mean alone where there is no std)."
     if pd.isna(mean): return ""
@@ -262,7 +274,7 @@ def results_page(peak:pd.DataFrame,               # `table_peak`
     if recipe is not None: parts += [recipe_title, to_markdown(recipe)]
     return "\n".join(parts)
 
-# %% ../nbs/17c_tables.ipynb 40
+# %% ../nbs/17c_tables.ipynb 43
 TABLES = {"table_peak": table_peak, "table_epoch_summary": table_epoch_summary, "table_claims": table_claims}
 # made from the baselines study's runs
 COMPARISON = {"table_comparison": table_comparison, "fig_comparison": fig_comparison}
