@@ -15,17 +15,18 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 import qonstraint
-from .core import QonstraintError, atomic_write, check_choice
+from .core import QonstraintError, check_choice
 from .data import Split, load_dataset
 from .inference import Predictor, load_image
 from .runfolder import CONFIG_FILE, EVAL_FILE, read_json, write_json
-from .exits import EXIT_STAGES, early_exits, network_outputs, plot_exits
+from .exits import early_exits, network_outputs, plot_exits
+from .tables import save_figure
 
 # %% auto 0
 __all__ = ['ECE_BINS', 'CORRUPTIONS', 'SEVERITIES', 'ON_THE_FLY', 'require_torchmetrics', 'calibration', 'reliability',
            'fit_temperature', 'calibration_report', 'plot_reliability', 'require_imagecorruptions', 'corrupt_images',
            'read_corrupted', 'write_corrupted', 'corruption_errors', 'corruption_summary', 'robustness', 'run_data',
-           'save_figure', 'plot_corruptions', 'evaluate', 'add_evaluate_args', 'format_eval', 'evaluate_command']
+           'plot_corruptions', 'evaluate', 'add_evaluate_args', 'format_eval', 'evaluate_command']
 
 # %% ../nbs/18b_evaluate.ipynb 7
 ECE_BINS = 15   # equal-width confidence bins of the ECE and the reliability diagram
@@ -85,7 +86,7 @@ def calibration_report(pred:Predictor, data, split:str="test",
 
 def plot_reliability(tables:dict[str, pd.DataFrame], title:str="") -> Figure:
     "Accuracy against confidence per bin, one line per table; the diagonal is perfect calibration."
-    fig = Figure(figsize=(4.2, 4)); ax = fig.subplots()
+    fig = Figure(figsize=(4.2, 4), layout="constrained"); ax = fig.subplots()
     ax.plot([0, 100], [0, 100], "k:", lw=1, label="calibrated")
     for name, r in tables.items():
         r = r[r.images > 0]
@@ -210,14 +211,9 @@ def run_data(run_dir:Path|str, img_size:int=64):
     seed = cfg.get("split_seed", cfg.get("seed", 0))   # older runs split by their training seed
     return load_dataset(cfg["dataset"], root=cfg.get("data_dir"), seed=seed, img_size=img_size)
 
-def save_figure(fig:Figure, path:Path|str) -> Path:
-    "Write `fig` as a PNG, atomically."
-    with atomic_write(path, "wb") as f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
-    return Path(path)
-
 def plot_corruptions(summary:dict, title:str="") -> Figure:
     "Mean top-1 error per corruption (and, with a reference, its CE)."
-    fig = Figure(figsize=(7, 3)); ax = fig.subplots()
+    fig = Figure(figsize=(7, 3), layout="constrained"); ax = fig.subplots()
     key, label = (("ce", "corruption error CE (% of the reference)") if "ce" in summary else
                   ("error", "top-1 error (%), mean of severities"))
     names = [c.replace("_", " ") for c in summary[key]]

@@ -148,7 +148,7 @@ def early_exits(pred, data,                     # a run's `Predictor`, its `Data
 
 def plot_exits(curve:pd.DataFrame, op:dict, title:str="") -> Figure:
     "Top-1 against mean MACs per image as the exit threshold varies; the full network and the operating point marked."
-    fig = Figure(figsize=(5, 3.6)); ax = fig.subplots()
+    fig = Figure(figsize=(5, 3.6), layout="constrained"); ax = fig.subplots()
     ax.plot(curve.macs / 1e6, curve.top1, "o-", ms=3, label="early exit (threshold 0 → 1)")
     ax.plot(op["network_macs"] / 1e6, op["full_top1"], "ks", label="full network")
     label = f"operating point (t={op['threshold']:.3g}, −{op['saved_percent']:.0f} % MACs)"

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_runfolder.ipynb 2
 from __future__ import annotations
-import csv, hashlib, io, json, os, socket, subprocess, time, warnings
+import csv, hashlib, io, json, os, subprocess, warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,8 +26,8 @@ __all__ = ['CONFIG_FILE', 'CLASSES_FILE', 'LOG_FILE', 'SUMMARY_FILE', 'LOG_FILES
            'CKPT_FORMAT', 'write_json', 'read_json', 'log_columns', 'log_row', 'RunLog', 'git_commit', 'write_config',
            'run_architecture', 'read_checksums', 'sha256_file', 'write_weights', 'verify_weights', 'trust_weights',
            'settings_diff', 'save_checkpoint', 'load_checkpoint', 'load_weights', 'Run', 'read_log', 'read_run',
-           'run_state', 'run_contents', 'find_run_dirs', 'RunLock', 'weights_file', 'load_network', 'build_network',
-           'upgrade_run', 'class_info', 'read_classes', 'write_classes_file']
+           'run_state', 'run_contents', 'find_run_dirs', 'weights_file', 'load_network', 'build_network', 'upgrade_run',
+           'class_info', 'read_classes', 'write_classes_file']
 
 # %% ../nbs/11_runfolder.ipynb 5
 CONFIG_FILE, CLASSES_FILE, LOG_FILE, SUMMARY_FILE = "config.json", "classes.json", "log.csv", "summary.json"
@@ -318,53 +318,6 @@ def find_run_dirs(path:Path|str) -> list[Path]:
     return sorted(d for d in found if not any(part.startswith(".") for part in d.relative_to(path).parts))
 
 # %% ../nbs/11_runfolder.ipynb 41
-def _try_lock(fd:int) -> bool:
-    "Take an exclusive OS lock on the open file `fd` without waiting; False if another process holds it."
-    try:
-        if os.name == "nt":
-            import msvcrt; msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        else:
-            import fcntl; fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError: return False
-
-def _holder(fd:int) -> str:
-    "Who the lock file `fd` says holds it, in words ('' when it names no one)."
-    os.lseek(fd, 0, os.SEEK_SET)
-    try: h = json.loads(os.read(fd, 4096) or b"{}")
-    except json.JSONDecodeError: return ""
-    return f"process {h['pid']} on {h['host']}, started {h['started']}" if h else ""
-
-class RunLock:
-    ("The one writer's lock on a run folder: taken on entry (or a `QonstraintError` naming the holder), "
-     "released on exit.")
-    def __init__(self, run_dir:Path|str): self.dir, self.fd = Path(run_dir), None
-
-    def __enter__(self) -> RunLock:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.dir/LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        if not _try_lock(fd):
-            holder = _holder(fd); os.close(fd)
-            raise QonstraintError(f"run folder {self.dir} is being written by another process ({holder or 'unknown'}). "
-                                  "Two writers would interleave its log and overwrite each other's checkpoints. "
-                                  "Fix: wait for that run to finish, or stop it (then resume=True continues it), or "
-                                  "train under another run_name.")
-        if left := _holder(fd):
-            warnings.warn(f"run folder {self.dir}: taking over the lock left by {left}, which no longer runs "
-                          "(killed, or its session lost); the folder is as that process left it.", stacklevel=2)
-        me = dict(host=socket.gethostname(), pid=os.getpid(), started=time.strftime("%Y-%m-%d %H:%M:%S"))
-        os.ftruncate(fd, 0); os.lseek(fd, 0, os.SEEK_SET); os.write(fd, json.dumps(me).encode()); os.fsync(fd)
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc):
-        os.ftruncate(self.fd, 0)          # released cleanly: no holder left behind
-        os.close(self.fd)
-        # the folder holds only the lock: nothing was written
-        if [p.name for p in self.dir.iterdir()] == [LOCK_FILE]: (self.dir/LOCK_FILE).unlink(); self.dir.rmdir()
-
-
-# %% ../nbs/11_runfolder.ipynb 45
 def weights_file(run_dir:Path|str, weights:str="final") -> Path:
     ("The file of a run's `weights` (final, best or last); "
      "a `QonstraintError` naming the weights it does have if it is missing.")
@@ -404,7 +357,7 @@ def build_network(run_dir:Path|str, weights:str="final",
     config = read_json(Path(run_dir)/CONFIG_FILE, "Fix: pass a run folder written by qonstraint training.")
     return load_network(path, config, run_dir, verify)[0]
 
-# %% ../nbs/11_runfolder.ipynb 49
+# %% ../nbs/11_runfolder.ipynb 45
 def upgrade_run(run_dir:Path|str) -> dict:
     "Record the network in an older run folder's config.json (checked against its weights); return the config."
     run_dir = Path(run_dir)
@@ -420,7 +373,7 @@ def upgrade_run(run_dir:Path|str) -> dict:
     write_json(run_dir/CONFIG_FILE, config)
     return config
 
-# %% ../nbs/11_runfolder.ipynb 53
+# %% ../nbs/11_runfolder.ipynb 49
 def class_info(data) -> dict:
     "What `classes.json` records of a `DataBundle`: class ids, names, and the train split's mean and std."
     return dict(classes=data.classes, class_names=data.class_names, mean=data.mean, std=data.std)

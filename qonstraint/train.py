@@ -17,7 +17,8 @@ from .controller import phase2_starts
 from .core import (UNSCALED_GROWTH, QonstraintError, WriteError, deterministic_kernels_explained,
                              set_rng_state)
 from .distributed import barrier, dist_env, gather_rng_states, launch, reduce_sum
-from .runfolder import (CLASSES_FILE, CONFIG_FILE, LOG_FILE, SUMMARY_FILE, WEIGHT_FILES, Run, RunLock,
+from .lock import RunLock
+from .runfolder import (CLASSES_FILE, CONFIG_FILE, LOG_FILE, SUMMARY_FILE, WEIGHT_FILES, Run,
                                   class_info,
                                   load_checkpoint, log_row, read_json, read_run, run_contents, run_state,
                                   save_checkpoint,
