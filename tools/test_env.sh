@@ -93,6 +93,9 @@ PY
 
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1   # nbdev_test runs notebooks in parallel processes, one per core
 export PATH="$PWD/$venv/bin:$PATH"
+# this set's environment, even when make test runs from an activated .venv: IPython puts $VIRTUAL_ENV's site-packages
+# on the kernel's path, which would mix the main environment's packages into the set's
+export VIRTUAL_ENV="$PWD/$venv"
 names=()
 for nb in "$@"; do nb=$(basename "${nb%.ipynb}"); [ -f "nbs/$nb.ipynb" ] || { echo "FAIL: no nbs/$nb.ipynb"; exit 1; }; names+=("$nb"); done
 select=()  # nbdev_test takes one path: the named notebooks are picked by a regular expression on their file names
