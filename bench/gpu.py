@@ -173,9 +173,9 @@ def stand_in_data(images:torch.Tensor, labels:torch.Tensor) -> DataBundle:
 
 def option_config(opt:dict, device:torch.device, deterministic:bool=False, world:int=1) -> TrainConfig:
     "The option as a run's `TrainConfig`: the library builds its network, trainer and batches from it, as for a real run."
-    return TrainConfig(preset=opt["preset"], aug=opt.get("aug", "mid"), batch_size=opt.get("batch", 8)*world, amp=opt["amp"],
-                       compile=opt["compile"], checkpoint_stages=opt["checkpoint"], data_on_device=opt.get("data", "device") == "device",
-                       num_workers=opt.get("workers", 0), warmup_epochs=0, device=str(device), deterministic=deterministic, devices=world)
+    return TrainConfig(preset=opt["preset"], aug=opt["aug"], batch_size=opt["batch"]*world, amp=opt["amp"], compile=opt["compile"],
+                       checkpoint_stages=opt["checkpoint"], data_on_device=opt["data"] == "device", num_workers=opt["workers"],
+                       warmup_epochs=0, device=str(device), deterministic=deterministic, devices=world)
 
 
 def option_run(opt:dict, device:torch.device, data:dict, deterministic:bool=False, world:int=1) -> tuple[TrainingRun, ControlState]:
@@ -402,7 +402,7 @@ def free(device:torch.device, compiled:bool=False):
 def check_trainer(ctx:dict, amp:str, deterministic:bool=False):
     "A check's trainer (`option_run`'s) and control state: the run's preset and layout at the checks' batch, autocast `amp`, eager."
     opt = dict(kind="train", preset=ctx["sizes"].preset, batch=ctx["sizes"].check_batch, channels_last=ctx["sizes"].channels_last,
-               amp=amp, checkpoint=False, compile=False)
+               amp=amp, checkpoint=False, compile=False, aug="mid", data="device", workers=0)
     tr, s = option_run(opt, ctx["device"], ctx["check_data"], deterministic)
     return tr.trainer, s
 

@@ -15,7 +15,7 @@ from .core import QonstraintError, check_choice
 from .model import PRESETS, Qonstraint, QonstraintConfig
 
 # %% auto 0
-__all__ = ['as_config', 'count_params', 'count_macs', 'saved_bytes', 'MemoryEstimate', 'estimates_checkpointing',
+__all__ = ['as_config', 'count_params', 'macs_of', 'count_macs', 'saved_bytes', 'MemoryEstimate', 'estimates_checkpointing',
            'estimate_memory']
 
 # %% ../nbs/09a_budget.ipynb 5
@@ -29,12 +29,16 @@ def count_params(cfg) -> int:
     "Number of parameters (built on the `meta` device)."
     with torch.device("meta"): return sum(p.numel() for p in as_config(cfg).build().parameters())
 
+def macs_of(fn) -> int:
+    "Multiply-accumulates (FLOPs / 2) of calling `fn()`, without gradients."
+    with torch.no_grad(), FlopCounterMode(display=False) as counter: fn()
+    return counter.get_total_flops() // 2
+
 def count_macs(cfg) -> int:
     "Multiply-accumulates of one forward pass of one image (FLOPs / 2, counted on the `meta` device)."
     cfg = as_config(cfg)
-    with torch.device("meta"), torch.no_grad(), FlopCounterMode(display=False) as counter:
-        cfg.build().eval()(torch.empty(1, cfg.in_chans, cfg.img_size, cfg.img_size))
-    return counter.get_total_flops() // 2
+    with torch.device("meta"):
+        return macs_of(lambda: cfg.build().eval()(torch.empty(1, cfg.in_chans, cfg.img_size, cfg.img_size)))
 
 # %% ../nbs/09a_budget.ipynb 6
 def saved_bytes(model:nn.Module, x:torch.Tensor, amp:bool=True) -> int:

@@ -16,16 +16,16 @@ from matplotlib.figure import Figure
 
 import qonstraint
 from .core import QonstraintError, check_choice
-from .data import Split, load_dataset
+from .data import Split
 from .inference import Predictor, load_image
-from .runfolder import CONFIG_FILE, EVAL_FILE, read_json, write_json
+from .runfolder import EVAL_FILE, read_json, run_data, write_json
 from .exits import early_exits, network_outputs, plot_exits
 from .tables import save_figure
 
 # %% auto 0
 __all__ = ['ECE_BINS', 'CORRUPTIONS', 'SEVERITIES', 'ON_THE_FLY', 'require_torchmetrics', 'calibration', 'reliability',
            'fit_temperature', 'calibration_report', 'plot_reliability', 'require_imagecorruptions', 'corrupt_images',
-           'read_corrupted', 'write_corrupted', 'corruption_errors', 'corruption_summary', 'robustness', 'run_data',
+           'read_corrupted', 'write_corrupted', 'corruption_errors', 'corruption_summary', 'robustness',
            'plot_corruptions', 'evaluate', 'add_evaluate_args', 'format_eval', 'evaluate_command']
 
 # %% ../nbs/18b_evaluate.ipynb 7
@@ -205,12 +205,6 @@ def robustness(pred:Predictor,
     return facts | summary, errors
 
 # %% ../nbs/18b_evaluate.ipynb 36
-def run_data(run_dir:Path|str, img_size:int=64):
-    "The dataset a run trained on, split as it was (its `split_seed`), at its network's image size."
-    cfg = read_json(Path(run_dir)/CONFIG_FILE, "Fix: pass a run folder written by qonstraint training.")
-    seed = cfg.get("split_seed", cfg.get("seed", 0))   # older runs split by their training seed
-    return load_dataset(cfg["dataset"], root=cfg.get("data_dir"), seed=seed, img_size=img_size)
-
 def plot_corruptions(summary:dict, title:str="") -> Figure:
     "Mean top-1 error per corruption (and, with a reference, its CE)."
     fig = Figure(figsize=(7, 3), layout="constrained"); ax = fig.subplots()

@@ -12,11 +12,10 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from .core import QonstraintError
 from .model import Qonstraint
-from .budget import count_macs
+from .budget import count_macs, macs_of
 
 # %% auto 0
 __all__ = ['EXIT_STAGES', 'THRESHOLDS', 'image_batches', 'network_outputs', 'check_exits', 'train_exit', 'exit_macs',
@@ -75,11 +74,6 @@ def train_exit(features:torch.Tensor,  # N, D pooled stage maps of the training 
     return head.eval().requires_grad_(False)
 
 # %% ../nbs/18a_exits.ipynb 16
-def _macs(fn) -> int:
-    "Multiply-accumulates (FLOPs / 2) of calling `fn()`."
-    with torch.no_grad(), FlopCounterMode(display=False) as counter: fn()
-    return counter.get_total_flops() // 2
-
 def exit_macs(model:Qonstraint, exits:dict[str, nn.Module]) -> dict[str, int]:
     "MACs one image pays leaving at each exit, going through (`full`, exits included), and of the plain `network`."
     check_exits(model)
@@ -87,11 +81,11 @@ def exit_macs(model:Qonstraint, exits:dict[str, nn.Module]) -> dict[str, int]:
     with torch.device("meta"): meta = cfg.build().eval()                         # shapes only, as `count_macs` counts
     x = torch.empty(1, cfg.in_chans, cfg.img_size, cfg.img_size, device="meta")
     with torch.no_grad(): h = meta.stem(x)                                     # 1, C0, H0, W0
-    stages, heads, macs = _macs(lambda: meta.stem(x)), 0, {}
+    stages, heads, macs = macs_of(lambda: meta.stem(x)), 0, {}
     for stage, name in zip(meta.backbone.stages, EXIT_STAGES):
-        stages += _macs(lambda: stage(h))
+        stages += macs_of(lambda: stage(h))
         with torch.no_grad(): h = stage(h)                                    # 1, Ck, Hk, Wk
-        heads += _macs(lambda: exits[name](torch.zeros(1, h.shape[1])))      # 1, Ck -> 1, num_classes
+        heads += macs_of(lambda: exits[name](torch.zeros(1, h.shape[1])))      # 1, Ck -> 1, num_classes
         macs[name] = stages + heads
     network = count_macs(cfg)
     return macs | dict(full=network + heads, network=network)

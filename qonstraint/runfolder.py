@@ -27,7 +27,7 @@ __all__ = ['CONFIG_FILE', 'CLASSES_FILE', 'LOG_FILE', 'SUMMARY_FILE', 'LOG_FILES
            'run_architecture', 'read_checksums', 'sha256_file', 'write_weights', 'verify_weights', 'trust_weights',
            'settings_diff', 'save_checkpoint', 'load_checkpoint', 'load_weights', 'Run', 'read_log', 'read_run',
            'run_state', 'run_contents', 'find_run_dirs', 'weights_file', 'load_network', 'build_network', 'upgrade_run',
-           'class_info', 'read_classes', 'write_classes_file']
+           'class_info', 'read_classes', 'run_data', 'write_classes_file']
 
 # %% ../nbs/11_runfolder.ipynb 5
 CONFIG_FILE, CLASSES_FILE, LOG_FILE, SUMMARY_FILE = "config.json", "classes.json", "log.csv", "summary.json"
@@ -389,9 +389,13 @@ def read_classes(run_dir:Path|str, config:dict|None=None) -> dict:
                               "run's dataset), or retrain.")
     return read_json(path, "Fix: run qonstraint.runfolder.write_classes_file(run_dir).")
 
-def write_classes_file(run_dir:Path|str) -> Path:
-    "Write `classes.json` for a run trained before it was recorded, from the run's own dataset and seed."
+def run_data(run_dir:Path|str, img_size:int=64):
+    "The dataset a run trained on, split as it was (its `split_seed`), at its network's image size."
     cfg = read_json(Path(run_dir)/CONFIG_FILE, "Fix: pass a run folder written by qonstraint training.")
-    write_json(Path(run_dir)/CLASSES_FILE,
-               class_info(load_dataset(cfg["dataset"], root=cfg.get("data_dir"), seed=cfg.get("seed", 0))))
+    seed = cfg.get("split_seed", cfg.get("seed", 0))   # older runs split by their training seed
+    return load_dataset(cfg["dataset"], root=cfg.get("data_dir"), seed=seed, img_size=img_size)
+
+def write_classes_file(run_dir:Path|str) -> Path:
+    "Write `classes.json` for a run trained before it was recorded, from the run's own dataset and split."
+    write_json(Path(run_dir)/CLASSES_FILE, class_info(run_data(run_dir)))
     return Path(run_dir)/CLASSES_FILE
